@@ -73,7 +73,7 @@ _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare by identity, hash by id
 class DataSplit:
     """One split of a data set, all in memory.
 
