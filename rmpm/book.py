@@ -1,0 +1,134 @@
+"""Build the book: execute every notebook with papermill under a profile, then
+render them with Jupyter Book 1.x.
+
+``python -m rmpm book --profile smoke`` is what ``make book`` runs. Executed
+notebooks go to ``book/_executed`` (never committed); the trained models they
+need come from the store, so a second build retrains nothing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from ._checks import check_choice
+from .profiles import get_profile
+
+KERNEL_NAME = "rmpm"
+
+
+def notebook_paths() -> list[Path]:
+    """The book's notebooks, in chapter order (their file names start with the number)."""
+    return sorted(paths.notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The parameters a notebook declares in its ``parameters`` cell, with defaults."""
+    import papermill as pm
+    return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(path: Path, params: dict[str, Any]) -> None:
+    """Refuse parameters the notebook does not declare (papermill would only warn)."""
+    declared = notebook_parameters(path)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"{path.name} has no parameter(s) {', '.join(unknown)}; "
+                         f"its parameters are: {', '.join(sorted(declared))}")
+    if "profile" in params:
+        get_profile(params["profile"])
+
+
+def kernel_name() -> str:
+    """The project kernel if it is registered, else the current interpreter's ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = None,
+            progress: bool = False) -> float:
+    """Execute one notebook with papermill; returns the seconds it took.
+
+    A failing cell raises (papermill's PapermillExecutionError), after writing
+    the partially executed notebook to ``out`` for inspection.
+    """
+    import papermill as pm
+    check_parameters(path, params)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
+                        cwd=str(cwd or path.parent), progress_bar=progress)
+    return time.perf_counter() - t0
+
+
+def run_notebooks(profile: str, only: Sequence[str] | None = None,
+                  out_dir: Path | None = None) -> dict[str, float]:
+    """Execute the book's notebooks under ``profile``; returns seconds per notebook."""
+    get_profile(profile)
+    out_dir = out_dir or paths.executed_dir()
+    nbs = notebook_paths()
+    if only:
+        names = [p.stem for p in nbs]
+        for o in only:
+            check_choice("notebook", o, names)
+        nbs = [p for p in nbs if p.stem in only]
+    timings = {}
+    for nb in nbs:
+        print(f"[rmpm book] executing {nb.name} (profile={profile})", flush=True)
+        timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
+        print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    return timings
+
+
+def write_build_info(profile: str, timings: dict[str, float]) -> Path:
+    """Record what built the book; the reproducibility page reads it."""
+    import platform
+
+    import torch
+    gen = paths.generated_dir()
+    gen.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=paths.repo_root()).stdout.strip() or "unknown"
+    info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
+            "cuda": torch.cuda.is_available(), "git_commit": commit,
+            "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    path = gen / "build_info.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def build_html(strict: bool = True) -> Path:
+    """Render the executed notebooks and pages with Jupyter Book 1.x."""
+    root = paths.repo_root()
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(root), "--builder", "html"]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True, cwd=root)
+    return root / "_build" / "html" / "index.html"
+
+
+def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
+          clean: bool = False) -> Path:
+    """Execute all notebooks under ``profile`` and build the HTML book."""
+    get_profile(profile)
+    if clean:
+        shutil.rmtree(paths.executed_dir(), ignore_errors=True)
+    t0 = time.perf_counter()
+    timings = run_notebooks(profile, only)
+    write_build_info(profile, timings)
+    index = build_html(strict)
+    print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
+          f"total {time.perf_counter() - t0:.0f} s")
+    print(f"[rmpm book] the book is at {index}")
+    return index

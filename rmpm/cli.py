@@ -1,0 +1,90 @@
+"""Command line: ``python -m rmpm <command>`` (or ``rmpm <command>``).
+
+Commands:
+  book      execute the notebooks under a profile and build the HTML book
+  train     train (and evaluate) a profile's model populations, resumably
+  data      make sure a data set is present (offline files or download)
+  store     list the store or sweep temporary folders left by killed runs
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .profiles import PROFILES
+
+
+def _add_profile(p: argparse.ArgumentParser, default: str = "default") -> None:
+    p.add_argument("--profile", default=default, choices=sorted(PROFILES),
+                   help=f"run size (default: {default})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rmpm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("book", help="execute notebooks and build the HTML book")
+    _add_profile(p)
+    p.add_argument("--only", nargs="*", help="notebook names (e.g. 02_populations) to execute")
+    p.add_argument("--no-strict", action="store_true", help="do not fail on Sphinx warnings")
+    p.add_argument("--clean", action="store_true", help="drop previously executed notebooks first")
+
+    p = sub.add_parser("train", help="train a profile's populations (finished models are reused)")
+    _add_profile(p)
+    p.add_argument("--dataset", nargs="*", help="data sets (default: the profile's)")
+    p.add_argument("--factor", nargs="*", help="factors (default: all of the profile's)")
+    p.add_argument("--reference", action="store_true",
+                   help="train only the reference population (experiment 2)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
+
+    p = sub.add_parser("data", help="make sure a data set is present")
+    p.add_argument("names", nargs="+", help="data set names")
+    p.add_argument("--offline", action="store_true",
+                   help="never download (default: use local files, download what is missing)")
+
+    p = sub.add_parser("store", help="inspect the result store")
+    p.add_argument("action", choices=["ls", "sweep"])
+    p.add_argument("--store", default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, KeyError, RuntimeError) as e:
+        print(f"rmpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "book":
+        from .book import build
+        build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean)
+        return 0
+    if args.command == "train":
+        from .experiments import train_profile
+        results = train_profile(args.profile, datasets=args.dataset, factors=args.factor,
+                                reference_only=args.reference, device=args.device,
+                                store=args.store)
+        from .runs import summary_table
+        print(summary_table(results))
+        return 0
+    if args.command == "data":
+        from . import data as D
+        for name in args.names:
+            for split in ("train", "test"):
+                s = D.load(name, split, download=False if args.offline else None)
+                print(f"{name} {split}: {s.n} images of shape {tuple(s.x.shape[1:])}")
+        return 0
+    if args.command == "store":
+        from .store import Store
+        store = Store(args.store)
+        if args.action == "sweep":
+            print(f"removed {store.sweep()} temporary folder(s) from {store.root}")
+        else:
+            for e in store.models():
+                r, m = e.recipe, e.metrics
+                print(f"{e.path.name[:12]} {r.dataset:14} {r.arch:6} w={r.width:<3} "
+                      f"ep={r.epochs:<3} test_acc={m['test_acc']:.4f}")
+        return 0
+    raise AssertionError(args.command)

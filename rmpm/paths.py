@@ -1,0 +1,73 @@
+"""The one place that knows where rmpm reads and writes files.
+
+Everything rmpm writes lives under one *cache root*:
+
+- ``<cache>/data``   data sets that torchvision downloads (MNIST, CIFAR-10, SVHN, ...)
+- ``<cache>/store``  the content-addressed result store (trained models, evaluations)
+
+The cache root is, in order of precedence: the ``RMPM_CACHE`` environment
+variable; ``<repo>/_cache`` when rmpm runs from a source checkout; else
+``~/.cache/rmpm``. ``RMPM_DATA`` and ``RMPM_STORE`` override the two
+sub-folders separately (useful on clusters where data and results live on
+different file systems).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def repo_root() -> Path | None:
+    """The source checkout rmpm runs from, or None for an installed copy."""
+    root = _PACKAGE_DIR.parent
+    if (root / "pyproject.toml").is_file() and (root / "_toc.yml").is_file():
+        return root
+    return None
+
+
+def cache_root() -> Path:
+    env = os.environ.get("RMPM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    root = repo_root()
+    if root is not None:
+        return root / "_cache"
+    return Path.home() / ".cache" / "rmpm"
+
+
+def data_root() -> Path:
+    env = os.environ.get("RMPM_DATA")
+    return Path(env).expanduser() if env else cache_root() / "data"
+
+
+def store_root() -> Path:
+    env = os.environ.get("RMPM_STORE")
+    return Path(env).expanduser() if env else cache_root() / "store"
+
+
+def notebooks_dir() -> Path:
+    root = repo_root()
+    if root is None:
+        raise RuntimeError("the notebooks live in the rmpm source checkout; run from a clone")
+    return root / "notebooks"
+
+
+def executed_dir() -> Path:
+    """Where papermill writes executed notebooks that the book renders."""
+    root = repo_root()
+    if root is None:
+        raise RuntimeError("the book is built from the rmpm source checkout; run from a clone")
+    return root / "book" / "_executed"
+
+
+def generated_dir() -> Path:
+    """Pages and tables the build writes for the book (claims, reproducibility)."""
+    root = repo_root()
+    if root is None:
+        raise RuntimeError("the book is built from the rmpm source checkout; run from a clone")
+    return root / "book" / "_generated"

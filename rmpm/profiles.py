@@ -1,0 +1,141 @@
+"""Profiles: how big a run is, in one place.
+
+- ``smoke``   seconds-to-minutes on 2 CPU cores; what CI builds. Numbers from it
+              are too small to test the paper's claims and the book says so.
+- ``default`` the embedded Fashion-MNIST at full size on a laptop-class CPU.
+- ``paper``   the four data sets at paper scale, meant for one GPU.
+
+Every notebook takes ``profile`` as a papermill parameter and reads its sizes
+from here; every other notebook parameter overrides one of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ._checks import check_choice
+from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    datasets: tuple[str, ...]
+    #: base recipe per data set; factor populations vary one field of it
+    base: dict[str, Recipe] = field(repr=False)
+    #: recipe per data set of the "equally good models" population (experiment 2)
+    reference: dict[str, Recipe] = field(repr=False)
+    #: factor -> values (seed-like factors: seed offsets)
+    factors: dict[str, tuple[Any, ...]] = field(repr=False)
+    replicates: int = 2          # independent repeats of every population
+    reference_seeds: int = 4     # size of the "equally good models" population (experiment 2)
+    n_test: int | None = None    # i.i.d. test inputs whose predictions are stored (None: all)
+    n_probe: int = 1000          # test inputs whose probe-layer activations are stored
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    n_boot: int = 1000           # bootstrap resamples for confidence intervals
+    svcca_keep: float = 0.99     # variance fraction SVCCA keeps
+    device: str = "auto"
+
+    def replace(self, **changes: Any) -> "Profile":
+        return replace(self, **changes)
+
+
+ALL_FACTORS_SMALL = {
+    "init_seed": (0, 1, 2),
+    "order_seed": (0, 1, 2),
+    "both_seeds": (0, 1, 2),
+    "augment": ("none", "crop"),
+    "lr": (1e-3, 2e-3, 4e-3),
+    "batch_size": (64, 128, 256),
+    "weight_decay": (0.0, 5e-4, 5e-3),
+    "label_smoothing": (0.0, 0.1, 0.2),
+    "mixup_alpha": (0.0, 0.2, 1.0),
+    "dropout": (0.0, 0.25, 0.5),
+    "subset_seed": (0, 1, 2),
+    "width": (16, 32, 64),
+}
+
+_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur",
+                "contrast", "brightness", "rotate", "translate", "zoom", "elastic")
+
+PROFILES: dict[str, Profile] = {}
+
+
+def _register(p: Profile) -> None:
+    PROFILES[p.name] = p
+
+
+_register(Profile(
+    name="smoke",
+    description="CI smoke test: tiny subset of Fashion-MNIST, 1 epoch, 2 replicates",
+    datasets=("fashion_mnist",),
+    base={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=8, epochs=1,
+                                  batch_size=64, lr=2e-3, train_size=2000)},
+    reference={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=8, epochs=1,
+                                       batch_size=64, lr=2e-3, train_size=2000)},
+    factors={k: v[:2] for k, v in ALL_FACTORS_SMALL.items()},
+    replicates=2,
+    reference_seeds=3,
+    n_test=500,
+    n_probe=300,
+    corruptions=("gaussian_noise", "contrast", "rotate"),
+    severities=(1, 3, 5),
+    n_boot=200,
+))
+
+_register(Profile(
+    name="default",
+    description="Fashion-MNIST on a laptop-class CPU: populations on a 10k subset, "
+                "reference population on the full training set",
+    datasets=("fashion_mnist",),
+    base={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=16, epochs=3,
+                                  batch_size=128, lr=2e-3, train_size=10000)},
+    reference={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=16, epochs=5,
+                                       batch_size=128, lr=2e-3)},
+    factors=dict(ALL_FACTORS_SMALL),
+    replicates=2,
+    reference_seeds=4,
+    n_test=1000,
+    n_probe=500,
+    corruptions=_CORRUPTIONS,
+    severities=(1, 3, 5),
+    n_boot=1000,
+))
+
+_register(Profile(
+    name="paper",
+    description="the four data sets at full size on one GPU",
+    datasets=("mnist", "fashion_mnist", "cifar10", "svhn"),
+    base={
+        "mnist": Recipe(dataset="mnist", arch="cnn", width=32, epochs=10, batch_size=128),
+        "fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=32, epochs=10,
+                                batch_size=128),
+        "cifar10": Recipe(dataset="cifar10", arch="resnet", width=16, epochs=30, batch_size=256,
+                          optimizer="sgd", lr=0.1, weight_decay=5e-4, augment="crop_flip"),
+        "svhn": Recipe(dataset="svhn", arch="resnet", width=16, epochs=15, batch_size=256,
+                       optimizer="sgd", lr=0.05, weight_decay=5e-4, augment="crop"),
+    },
+    reference=None,  # filled below: the base recipes themselves
+    factors={**ALL_FACTORS_SMALL, "init_seed": (0, 1, 2, 3), "order_seed": (0, 1, 2, 3),
+             "both_seeds": (0, 1, 2, 3), "subset_seed": (0, 1, 2, 3)},
+    replicates=3,
+    reference_seeds=8,
+    n_test=None,
+    n_probe=2000,
+    corruptions=_CORRUPTIONS,
+    severities=(1, 2, 3, 4, 5),
+    n_boot=2000,
+))
+
+
+PROFILES["paper"] = PROFILES["paper"].replace(reference=PROFILES["paper"].base)
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """The profile called ``name`` (a Profile passes through)."""
+    if isinstance(name, Profile):
+        return name
+    check_choice("profile", name, PROFILES)
+    return PROFILES[name]

@@ -1,0 +1,132 @@
+"""Training: determinism, recipes actually change training, resume after a kill."""
+import numpy as np
+import pytest
+import torch
+
+from rmpm.evaluate import EvalSpec
+from rmpm.recipe import Recipe
+from rmpm.runs import run_recipe, run_recipes
+from rmpm.store import Store
+from rmpm.train import augment, fit, lr_at, train_indices
+
+TINY = Recipe(dataset="digits", arch="cnn", width=4, epochs=2, batch_size=64, lr=5e-3)
+SPEC = EvalSpec(n_test=120, n_probe=60, corruptions=("gaussian_noise",), severities=(1, 5))
+
+
+def _state(res):
+    return {k: v.clone() for k, v in res.model.state_dict().items()}
+
+
+def test_same_recipe_bit_identical_on_cpu():
+    a, b = fit(TINY, "cpu"), fit(TINY, "cpu")
+    sa, sb = _state(a), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
+        assert a.metrics[k] == b.metrics[k]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def test_global_rng_neither_used_nor_disturbed():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = fit(TINY, "cpu")
+    after = torch.rand(3)
+    assert torch.equal(before, after)
+    torch.manual_seed(999)
+    b = fit(TINY, "cpu")
+    assert a.metrics["test_loss"] == b.metrics["test_loss"]
+
+
+@pytest.mark.parametrize("change", [dict(init_seed=1), dict(order_seed=1), dict(lr=1e-3),
+                                    dict(dropout=0.3), dict(augment="crop"), dict(mixup_alpha=0.4),
+                                    dict(label_smoothing=0.1), dict(weight_decay=0.05),
+                                    dict(train_size=500, subset_seed=1), dict(bootstrap=True)])
+def test_each_factor_changes_the_model(change):
+    a = fit(TINY, "cpu")
+    b = fit(TINY.replace(**change), "cpu")
+    assert a.metrics["train_loss"] != b.metrics["train_loss"], change
+
+
+def test_models_learn():
+    res = fit(TINY.replace(epochs=4), "cpu")
+    assert res.metrics["test_acc"] > 0.6  # 10 classes: chance is 0.1
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    for arch in ("mlp", "resnet"):
+        r = fit(TINY.replace(arch=arch, epochs=3), "cpu")
+        assert r.metrics["test_acc"] > 0.3, arch
+
+
+def test_train_indices_and_bad_size():
+    full = train_indices(TINY, 1000)
+    assert torch.equal(full, torch.arange(1000))
+    sub = train_indices(TINY.replace(train_size=100, subset_seed=3), 1000)
+    assert len(sub) == 100 and len(set(sub.tolist())) == 100
+    boot = train_indices(TINY.replace(bootstrap=True), 1000)
+    assert len(boot) == 1000 and len(set(boot.tolist())) < 1000
+    with pytest.raises(ValueError, match="train_size=5000 exceeds"):
+        fit(TINY.replace(train_size=5000), "cpu")
+
+
+def test_lr_schedule():
+    r = TINY.replace(lr=1.0, warmup_epochs=1.0, schedule="cosine")
+    lrs = [lr_at(r, s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+    assert lr_at(r.replace(schedule="constant"), 50, 100, 10) == 1.0
+
+
+def test_augment_is_a_shifted_crop():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = augment(x, "crop", g)
+    assert out.shape == x.shape
+    # every output row is a (zero padded) shifted copy of an input row
+    for b in range(2):
+        vals = set(out[b].flatten().tolist()) - {0.0}
+        assert vals <= set(x[b].flatten().tolist())
+    assert torch.equal(augment(x, "none", g), x)
+
+
+def test_run_recipe_stores_and_reuses(tmp_path):
+    store = Store(tmp_path)
+    r1 = run_recipe(TINY, SPEC, store, "cpu")
+    assert r1.trained
+    arr = r1.eval.arrays()
+    assert arr["probs:iid"].shape == (120, 10)
+    assert arr["probs:gaussian_noise:5"].shape == (120, 10)
+    np.testing.assert_allclose(arr["probs:iid"].sum(1), 1.0, atol=1e-5)
+    assert arr["act:conv1:pool"].shape == (60, 4)
+    assert arr["act:conv1:positions"].shape[1] == 4
+    assert arr["act:fc"].shape == (60, 16)
+    m = r1.eval.metrics
+    assert m["acc:gaussian_noise:1"] >= m["acc:gaussian_noise:5"] - 0.05
+    r2 = run_recipe(TINY, SPEC, store, "cpu")
+    assert not r2.trained and r2.model.path == r1.model.path
+    # the stored weights reproduce the stored predictions
+    from rmpm.evaluate import evaluate
+    [(m2, a2)] = evaluate([r2.model.load_model()], TINY.dataset, SPEC)
+    np.testing.assert_array_equal(a2["probs:iid"], arr["probs:iid"])
+
+
+def test_resume_after_kill(tmp_path, monkeypatch):
+    """A run killed during the third model keeps the first two; rerun trains only the rest."""
+    import rmpm.runs as runs
+    store = Store(tmp_path)
+    recipes = [TINY.replace(init_seed=i) for i in range(4)]
+    real_fit, calls = runs.fit, []
+
+    def dying_fit(recipe, *a, **k):
+        calls.append(recipe.init_seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_fit(recipe, *a, **k)
+
+    monkeypatch.setattr(runs, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipes(recipes, SPEC, store, "cpu", progress=False)
+    assert [store.has_model(r) for r in recipes] == [True, True, False, False]
+    calls.clear()
+    out = run_recipes(recipes, SPEC, store, "cpu", progress=False)
+    assert calls == [2, 3]
+    assert [o.trained for o in out] == [False, False, True, True]
