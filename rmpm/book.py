@@ -104,6 +104,69 @@ def write_build_info(profile: str, timings: dict[str, float]) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(path)
+    write_reproducibility_page(info)
+    return path
+
+
+def reproducibility_page(info: dict[str, Any]) -> str:
+    """Markdown for the reproducibility page, from the build info and the result files."""
+
+    from . import results
+    from .experiments import eval_spec
+    p = get_profile(info["profile"])
+    lines = [
+        "# Reproducibility", "",
+        f"This book was built with profile **`{p.name}`** ({p.description}) on "
+        f"{info['built']}, from git commit `{info['git_commit']}`.", "",
+        "## Commands", "",
+        "```bash",
+        f"make book PROFILE={p.name}      # set up, execute every notebook, build this book",
+        "make test                       # set up, run the tests",
+        f"python -m rmpm book --profile {p.name}   # the same build inside the environment",
+        f"python -m rmpm train --profile {p.name}  # only train the profile's models",
+        "```", "",
+        "## Environment", "",
+        "| | |", "|---|---|",
+        f"| Python | {info['python']} |", f"| PyTorch | {info['torch']} |",
+        f"| platform | {info['platform']} |", f"| CPU cores | {info['cpu_count']} |",
+        f"| CUDA available | {info['cuda']} |", "",
+        "## Profile", "",
+        "| setting | value |", "|---|---|",
+        f"| data sets | {', '.join(p.datasets)} |",
+        f"| replicates per population | {p.replicates} |",
+        f"| reference population size | {p.reference_seeds} |",
+        f"| SVCCA variance kept | {p.svcca_keep} |",
+        f"| bootstrap resamples | {p.n_boot} |",
+        f"| evaluation spec | `{json.dumps(eval_spec(p).to_dict())}` |",
+        f"| evaluation spec key | `{eval_spec(p).key()}` |",
+        "", "Base recipe of the factor populations, and the reference recipe, per data set:", "",
+    ]
+    for ds in p.datasets:
+        lines += [f"- `{ds}` base: `{json.dumps(p.base[ds].to_dict())}`",
+                  f"- `{ds}` reference: `{json.dumps(p.reference[ds].to_dict())}`"]
+    lines += ["", "Factors and their values (seed-like factors: offsets added to the "
+              "replicate's seed):", "", "| factor | values |", "|---|---|"]
+    lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
+    lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
+    lines += [f"| **total** | **{info['total_s']:.1f}** |", "",
+              "## Result files", "",
+              "Every number in the Claims page is read from one of these files "
+              "(`book/_generated/results/`); their SHA-256 digests:", "",
+              "| result | SHA-256 |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in results.digests().items()]
+    lines += ["", "Trained models and evaluations live in the content-addressed store "
+              "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
+              "result files list the keys of the models they used.", ""]
+    return "\n".join(lines)
+
+
+def write_reproducibility_page(info: dict[str, Any]) -> Path:
+    path = paths.generated_dir() / "reproducibility.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(reproducibility_page(info))
+    tmp.replace(path)
     return path
 
 
