@@ -7,6 +7,7 @@ need come from the store, so a second build retrains nothing.
 """
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -41,8 +42,11 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"{path.name} has no parameter(s) {', '.join(unknown)}; "
                          f"its parameters are: {', '.join(sorted(declared))}")
-    if "profile" in params:
-        get_profile(params["profile"])
+    # papermill reports defaults as source text, e.g. '"smoke"'
+    profile = get_profile(params["profile"] if "profile" in params
+                          else ast.literal_eval(declared["profile"]))
+    if params.get("dataset") is not None:
+        check_choice("dataset", params["dataset"], profile.datasets)
 
 
 def kernel_name() -> str:
