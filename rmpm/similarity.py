@@ -386,6 +386,30 @@ def null_mean_squared_cc(n_inputs: int, dims: tuple[int, int]) -> float:
     return min(1.0, kb / (n_inputs - 1))
 
 
+def svcca_covariance(a: Array, b: Array, keep=0.99) -> np.ndarray:
+    """Canonical correlations by the textbook route, for cross-checks only.
+
+    numpy SVD cut (same rule as :func:`n_kept`), then CCA from covariance matrices:
+    ``rho = svd(S_aa^{-1/2} S_ab S_bb^{-1/2})``. Slower and less stable than
+    :func:`svcca` (it squares the condition number), but shares no code with it.
+    """
+    def reduce(x):
+        x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+        xc = x - x.mean(axis=0)
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)
+        k = n_kept(s, keep)
+        return xc @ vt[:k].T
+
+    za, zb = reduce(a), reduce(b)
+
+    def inv_sqrt(m):
+        w, v = np.linalg.eigh(m)
+        return (v / np.sqrt(w)) @ v.T
+
+    m = inv_sqrt(za.T @ za) @ (za.T @ zb) @ inv_sqrt(zb.T @ zb)
+    return np.linalg.svd(m, compute_uv=False)[: min(za.shape[1], zb.shape[1])]
+
+
 # --------------------------------------------------------------------------- all pairs
 
 def _reduce_all(acts, measure, keep, device, conv, max_points, seed):
@@ -628,7 +652,7 @@ class LinearCKA(_Measure):
 
 __all__ = [
     "SVCCAResult", "Reduction", "svcca", "pwcca", "linear_cka", "flatten_conv", "svd_reduce",
-    "n_kept", "canonical_correlations", "null_mean_squared_cc", "pairwise_similarity",
+    "n_kept", "canonical_correlations", "svcca_covariance", "null_mean_squared_cc", "pairwise_similarity",
     "pairwise_layers", "representational_multiplicity", "rm", "SVCCA", "PWCCA", "LinearCKA",
     "MEASURES", "CONV_MODES",
 ]
