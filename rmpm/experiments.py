@@ -135,3 +135,76 @@ def describe_recipe_difference(recipes: Sequence[Recipe]) -> dict[str, list[Any]
     """Fields whose values differ across ``recipes`` (what a population varies)."""
     dicts = [r.to_dict() for r in recipes]
     return {k: [d[k] for d in dicts] for k in dicts[0] if len({repr(d[k]) for d in dicts}) > 1}
+
+
+# -- per-population RM and PM, the table every results chapter starts from ----
+
+def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "pool",
+                        cross_checks: bool = True) -> dict[str, Any]:
+    """RM (per layer and mean over layers) and PM (i.i.d. and every shift) of one population.
+
+    Keys: ``rm:<layer>`` (1 - SVCCA), ``rm`` (mean over layers), with
+    ``cross_checks`` also ``rm_cka`` and ``rm_pwcca`` (means over layers);
+    ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood`` (mean
+    over shifts), ``disagree:iid``, ``disagree_ood``; accuracies ``acc_iid``,
+    ``acc_ood`` (means over models), ``gap`` (train - test accuracy), and the
+    spread of test accuracy ``acc_iid_range``.
+    """
+    from . import multiplicity as PM
+    from . import similarity as SIM
+    out: dict[str, Any] = {"n_models": data.n_models}
+    layers = data.layers()
+    acts = {layer: data.activations(layer, conv) for layer in layers}
+    sims = SIM.pairwise_layers(acts, "svcca", keep)
+    for layer in layers:
+        out[f"rm:{layer}"] = SIM.representational_multiplicity(sims[layer])
+    out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
+    if cross_checks:
+        out["rm_cka"] = SIM.representational_multiplicity(SIM.pairwise_layers(acts, "cka"))
+        out["rm_pwcca"] = SIM.representational_multiplicity(SIM.pairwise_layers(acts, "pwcca", keep))
+    shift_keys = [k for k in data.arrays[0] if k.startswith("probs:") and k != "probs:iid"]
+    p_iid = data.probs("iid")
+    out["pm:iid"] = PM.prediction_variance(p_iid)
+    out["disagree:iid"] = PM.mean_disagreement(p_iid)
+    pm_ood, dis_ood = [], []
+    for k in shift_keys:
+        _, kind, sev = k.split(":")
+        p = data.probs(kind, int(sev))
+        out[f"pm:{kind}:{sev}"] = PM.prediction_variance(p)
+        pm_ood.append(out[f"pm:{kind}:{sev}"])
+        dis_ood.append(PM.mean_disagreement(p))
+    if pm_ood:
+        out["pm_ood"] = float(np.mean(pm_ood))
+        out["disagree_ood"] = float(np.mean(dis_ood))
+    m = data.metrics
+    out["acc_iid"] = float(m["test_acc"].mean())
+    out["acc_iid_range"] = float(m["test_acc"].max() - m["test_acc"].min())
+    out["gap"] = float(m["gap"].mean())
+    if "ood_acc" in m:
+        out["acc_ood"] = float(m["ood_acc"].mean())
+    return out
+
+
+def factor_table(profile: str | Profile, dataset: str | None = None,
+                 factors: Sequence[str] | None = None, conv: str = "pool",
+                 store: Store | str | None = None, train: bool = True,
+                 progress: bool = True) -> pd.DataFrame:
+    """One row per (data set, factor, replicate) population with its RM and PM.
+
+    Trains whatever is missing first (``train=True``), so a notebook can call
+    this alone; with ``train=False`` a missing model raises ``KeyError``.
+    """
+    p = get_profile(profile)
+    datasets = [dataset] if dataset is not None else list(p.datasets)
+    rows = []
+    for ds in datasets:
+        pops = factor_populations(p, ds, factors)
+        if train:
+            train_profile(p, [ds], list(pops), device=p.device, store=store, progress=progress)
+        for factor, reps in pops.items():
+            for pop in reps:
+                data = load_population(pop, p, store)
+                rows.append({"dataset": ds, "factor": factor, "replicate": pop.replicate,
+                             "values": ", ".join(map(str, pop.values)),
+                             **population_measures(data, p.svcca_keep, conv)})
+    return pd.DataFrame(rows)
