@@ -63,3 +63,16 @@ def digests() -> dict[str, str]:
     d = results_dir()
     return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+
+
+def values(name: str, profile: str) -> dict[str, Any] | None:
+    """The values of result ``name`` if it exists *and* was made with ``profile``.
+
+    A result from another profile is treated as missing: a page must never mix
+    numbers from two profiles.
+    """
+    try:
+        r = load(name)
+    except FileNotFoundError:
+        return None
+    return r["values"] if r.get("profile") == profile else None
