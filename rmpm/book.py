@@ -97,8 +97,11 @@ def write_build_info(profile: str, timings: dict[str, float]) -> Path:
     import torch
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=paths.repo_root()).stdout.strip() or "unknown"
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
     info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
@@ -130,7 +133,7 @@ def reproducibility_page(info: dict[str, Any]) -> str:
         f"python -m rmpm train --profile {p.name}  # only train the profile's models",
         "```", "",
         "## Environment", "",
-        "| | |", "|---|---|",
+        "| component | version |", "|---|---|",
         f"| Python | {info['python']} |", f"| PyTorch | {info['torch']} |",
         f"| platform | {info['platform']} |", f"| CPU cores | {info['cpu_count']} |",
         f"| CUDA available | {info['cuda']} |", "",
