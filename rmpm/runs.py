@@ -4,7 +4,9 @@
 whose only effect is to add entries to a content-addressed store, so a grid of
 recipes can be mapped over any executor (a loop, ``concurrent.futures``, Dask
 with dask-jobqueue) without coordination. :func:`run_recipes` is the loop with
-progress, resumption and a summary table.
+progress, resumption and a summary table; on a GPU it trains recipes that
+differ only in seeds or scalar hyperparameters together, as batched ensembles
+(:mod:`rmpm.ensemble`).
 """
 from __future__ import annotations
 
@@ -13,10 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_choice
+from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
 from .recipe import Recipe
 from .store import EvalEntry, ModelEntry, Store
-from .train import TrainData, fit, prepare, resolve_device
+from .train import TrainData, TrainResult, fit, prepare, resolve_device
+
+ENGINES = ("auto", "single", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,7 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     trained = False
     if not store.has_model(recipe):
         res = fit(recipe, dev, data=data)
-        d = data or prepare(recipe.dataset, torch.device("cpu"))
-        store.put_model(recipe, res.model.state_dict(), res.metrics, res.history,
-                        d.in_shape, d.n_classes)
+        _put_trained(store, recipe, res, data)
         trained = True
     entry = store.model(recipe)
     skey = spec.key()
@@ -50,16 +54,44 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     return RunResult(recipe, entry, store.eval(recipe, skey), trained)
 
 
+def _put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData | None) -> None:
+    d = data or prepare(recipe.dataset, torch.device("cpu"))
+    store.put_model(recipe, res.model.state_dict(), res.metrics, res.history,
+                    d.in_shape, d.n_classes)
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """``"auto"``: the batched ensemble on CUDA, the single-model loop elsewhere.
+
+    The CPU default stays the single loop so that a recipe's stored numbers never
+    depend on what else was in the grid (the ensemble agrees with it only up to
+    floating-point rounding).
+    """
+    check_choice("engine", engine, ENGINES)
+    if engine == "auto":
+        return "ensemble" if device.type == "cuda" else "single"
+    return engine
+
+
 def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | None = None,
                 device: str | torch.device | None = "auto", progress: bool = True,
-                summary: bool = False) -> list[RunResult]:
+                summary: bool = False, engine: str = "auto",
+                max_group: int = 32) -> list[RunResult]:
     """Run every recipe (deduplicated, in order); finished entries are reused.
 
-    A run killed half-way loses at most the model being trained: rerun the
-    same call and it continues where it stopped.
+    ``engine``: ``"single"`` trains one recipe at a time with :func:`rmpm.train.fit`;
+    ``"ensemble"`` trains the untrained recipes in groups of equal
+    :func:`rmpm.ensemble.batch_key` (at most ``max_group`` each) with
+    :func:`rmpm.ensemble.fit_ensemble`; ``"auto"`` picks ensemble on CUDA, single
+    otherwise (see :func:`resolve_engine`).
+
+    A run killed half-way loses at most the model (or group) being trained:
+    each model is stored as soon as it (its group) finishes, and rerunning the
+    same call continues where it stopped.
     """
     store = store if isinstance(store, Store) else Store(store)
     dev = resolve_device(device)
+    engine = resolve_engine(engine, dev)
     unique = list({r.key(): r for r in recipes}.values())
     data_cache: dict[str, TrainData] = {}
     out: dict[str, RunResult] = {}
@@ -67,14 +99,37 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     for r in unique:
         if r not in todo:
             out[r.key()] = RunResult(r, store.model(r), store.eval(r, spec.key()), False)
-    it = todo
+
+    def data_for(dataset: str) -> TrainData:
+        nonlocal data_cache
+        if dataset not in data_cache:
+            data_cache = {dataset: prepare(dataset, dev)}  # keep one data set resident
+        return data_cache[dataset]
+
+    bar = None
     if progress and todo:
         from tqdm.auto import tqdm
-        it = tqdm(todo, desc=f"training {len(todo)} of {len(unique)} models", unit="model")
-    for r in it:
-        if r.dataset not in data_cache:
-            data_cache = {r.dataset: prepare(r.dataset, dev)}  # keep one data set resident
-        out[r.key()] = run_recipe(r, spec, store, dev, data=data_cache[r.dataset])
+        bar = tqdm(total=len(todo), desc=f"training {len(todo)} of {len(unique)} models",
+                   unit="model")
+    try:
+        if engine == "ensemble":
+            for group in group_recipes([r for r in todo if not store.has_model(r)], max_group):
+                data = data_for(group[0].dataset)
+                for r, res in zip(group, fit_ensemble(group, dev, data=data)):
+                    _put_trained(store, r, res, data)
+                for r in group:  # evaluate (the model now comes from the store)
+                    res = run_recipe(r, spec, store, dev, data=data)
+                    out[r.key()] = RunResult(r, res.model, res.eval, True)
+                if bar is not None:
+                    bar.update(len(group))
+        for r in todo:  # single engine, and models stored earlier that lack this evaluation
+            if r.key() not in out:
+                out[r.key()] = run_recipe(r, spec, store, dev, data=data_for(r.dataset))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     results = [out[r.key()] for r in recipes]
     if summary:
         print(summary_table(results))
