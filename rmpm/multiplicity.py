@@ -145,7 +145,7 @@ def rashomon_set(probs, reference: int = 0, epsilon: float | None = None,
 
 def ambiguity(probs, reference: int = 0, epsilon: float | None = None, labels=None,
               per_input: bool = False):
-    """Ambiguity (Marx et al. 2020, Def. 3): the fraction of inputs on which *some*
+    """Ambiguity (Marx, Calmon & Ustun 2020): the fraction of inputs on which *some*
     model of the Rashomon set predicts differently from the reference model.
 
     ``A = (1/N) sum_n max_{m in R} 1[yhat_m(x_n) != yhat_ref(x_n)]``. ``per_input`` gives
@@ -159,7 +159,7 @@ def ambiguity(probs, reference: int = 0, epsilon: float | None = None, labels=No
 
 
 def discrepancy(probs, reference: int = 0, epsilon: float | None = None, labels=None) -> float:
-    """Discrepancy (Marx et al. 2020, Def. 4): the largest fraction of inputs on which
+    """Discrepancy (Marx, Calmon & Ustun 2020): the largest fraction of inputs on which
     one model of the Rashomon set disagrees with the reference,
     ``max_{m in R} (1/N) sum_n 1[yhat_m(x_n) != yhat_ref(x_n)]``. Always <= ambiguity.
     """
