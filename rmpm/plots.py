@@ -59,3 +59,143 @@ def layer_profile(layers: Sequence[str], series: Mapping[str, tuple[np.ndarray, 
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+# -- RM by factor, PM under shift, RM vs PM (chapters 03-05) ------------------
+
+#: colour of each factor group in the chapters 03-05 figures
+GROUP_COLOURS = {"seeds": "tab:blue", "data": "tab:green", "hyperparameters": "tab:orange"}
+
+
+def factor_colours(factors: Sequence[str]) -> dict[str, tuple]:
+    """A fixed colour per factor (by its place in ``rmpm.recipe.FACTORS``), so a
+    factor has the same colour in every chapter whatever subset is shown."""
+    from .recipe import FACTORS
+    order = list(FACTORS)
+    cmap = plt.get_cmap("tab20")
+    return {f: cmap((order.index(f) if f in order else len(order)) % 20) for f in factors}
+
+
+def interval_chart(ci, xlabel: str = "RM = 1 - SVCCA (mean over layers)", title: str | None = None):
+    """Horizontal point-and-interval chart, one row per factor in the given order
+    (first on top); ``ci`` has columns estimate, low, high and optionally group."""
+    names = list(ci.index)
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    groups = ci["group"] if "group" in ci else ["factor"] * len(names)
+    seen = set()
+    for yi, name, g in zip(y, names, groups):
+        c = GROUP_COLOURS.get(g, "tab:gray")
+        row = ci.loc[name]
+        ax.errorbar(row["estimate"], yi, xerr=[[row["estimate"] - row["low"]],
+                                                [row["high"] - row["estimate"]]],
+                    fmt="o", color=c, ms=5, capsize=3, label=None if g in seen else g)
+        seen.add(g)
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def layer_lines(frames: Mapping[str, "object"], ylabel: str = "RM = 1 - SVCCA"):
+    """One panel per data set; per factor RM over layers with interval bars.
+    ``frames[dataset]`` is long: factor, layer, estimate, low, high."""
+    names = list(frames)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names) + 1.6, 3.6),
+                             squeeze=False)
+    for ax, ds in zip(axes[0], names):
+        f = frames[ds]
+        layers = list(dict.fromkeys(f["layer"]))
+        factors = list(dict.fromkeys(f["factor"]))
+        colours = factor_colours(factors)
+        x = np.arange(len(layers))
+        for j, fac in enumerate(factors):
+            g = f[f["factor"] == fac].set_index("layer").loc[layers]
+            dx = (j - (len(factors) - 1) / 2) * 0.02  # small dodge so bars don't overlap
+            ax.errorbar(x + dx, g["estimate"], yerr=[g["estimate"] - g["low"], g["high"] - g["estimate"]],
+                        marker="o", ms=3, lw=1, capsize=2, color=colours[fac], label=fac)
+        ax.set_xticks(x)
+        ax.set_xticklabels(layers, fontsize=8)
+        ax.set_title(ds, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def rank_heatmap(ranks, title: str = "rank of the factor's RM within the block (1 = largest)"):
+    """Blocks (rows) x factors (columns) heatmap of ranks, annotated."""
+    a = np.asarray(ranks, dtype=float)
+    fig, ax = plt.subplots(figsize=(0.55 * a.shape[1] + 2.2, 0.35 * a.shape[0] + 1.8))
+    im = ax.imshow(a, cmap="viridis_r", aspect="auto", vmin=1, vmax=a.shape[1])
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ax.text(j, i, f"{a[i, j]:g}", ha="center", va="center", fontsize=7,
+                    color="k" if a[i, j] < a.shape[1] / 2 else "w")  # dark text on light cells
+    ax.set_xticks(range(a.shape[1]))
+    ax.set_xticklabels([str(c) for c in ranks.columns], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(a.shape[0]))
+    ax.set_yticklabels([" / ".join(map(str, i)) if isinstance(i, tuple) else str(i)
+                        for i in ranks.index], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="rank")
+    return fig
+
+
+def severity_lines(curves, by: str | None = None, ylabel: str = "PM (prediction variance)",
+                   ax=None, legend_out: bool = True):
+    """Mean PM against severity (0 = i.i.d.) with interval bands, one line per
+    value of ``by`` (a column of ``curves``: severity, estimate, low, high)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    else:
+        fig = ax.figure
+    groups = [(None, curves)] if by is None else list(curves.groupby(by, sort=False))
+    colours = factor_colours([g for g, _ in groups]) if by == "factor" else {}
+    for g, t in groups:
+        t = t.sort_values("severity")
+        kw = {"color": colours[g]} if g in colours else {}
+        line, = ax.plot(t["severity"], t["estimate"], marker="o", ms=3,
+                        label="all" if g is None else str(g), **kw)
+        ax.fill_between(t["severity"], t["low"], t["high"], alpha=0.12, color=line.get_color())
+    ax.set_xlabel("severity (0 = i.i.d. test set)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(sorted(curves["severity"].unique()))
+    ax.grid(alpha=0.3)
+    if legend_out:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_factor(table, x: str, ys: Mapping[str, str], xlabel: str | None = None):
+    """One panel per ``ys`` entry (title -> column): ``x`` against it, one point
+    per population, colour per factor, marker per data set."""
+    names = list(ys)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names) + 1.8, 3.8), squeeze=False)
+    factors = list(dict.fromkeys(table["factor"]))
+    colours = factor_colours(factors)
+    markers = dict(zip(dict.fromkeys(table["dataset"]), "osD^v<>"))
+    for ax, name in zip(axes[0], names):
+        for (ds, fac), t in table.groupby(["dataset", "factor"], sort=False):
+            ax.scatter(t[x], t[ys[name]], color=colours[fac], marker=markers[ds], s=28,
+                       edgecolor="k", linewidth=0.3,
+                       label=fac if len(markers) == 1 else f"{fac} ({ds})")
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ys[name])
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    by_label = dict(zip(labels, handles))
+    axes[0][-1].legend(by_label.values(), by_label.keys(), fontsize=6.5, loc="center left",
+                       bbox_to_anchor=(1.01, 0.5), ncol=1 if len(by_label) <= 14 else 2)
+    fig.tight_layout()
+    return fig
