@@ -1,0 +1,113 @@
+"""Finite-sample analyses on synthetic data with known answers."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from rmpm import samples as S
+
+
+def _probs(m, n, k=4, seed=0, noise=1.0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(1, n, k)) * 3
+    logits = base + noise * rng.normal(size=(m, n, k))
+    e = np.exp(logits - logits.max(axis=2, keepdims=True))
+    return e / e.sum(axis=2, keepdims=True)
+
+
+def _acts(m=3, n=200, p=6, seed=0, shared=0.8):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, p))
+    return {"l1": [shared * z @ rng.normal(size=(p, p)) + (1 - shared) * rng.normal(size=(n, p))
+                   for _ in range(m)]}
+
+
+def test_size_grid_is_sorted_and_includes_ends():
+    g = S.size_grid(300, 10, 2)
+    assert g[0] == 10 and g[-1] == 300 and g == sorted(set(g))
+    with pytest.raises(ValueError, match="n_min"):
+        S.size_grid(5, 10)
+
+
+def test_pm_ci_shrinks_with_n_and_matches_full_estimate():
+    p = _probs(4, 800)
+    f = S.pm_by_inputs(p, [20, 100, 800], n_boot=200)
+    assert list(f["n"]) == [20, 100, 800]
+    assert f["half_width"].iloc[0] > f["half_width"].iloc[1] > f["half_width"].iloc[2]
+    from rmpm.multiplicity import prediction_variance
+    assert f["estimate"].iloc[-1] == pytest.approx(prediction_variance(p))
+    assert (f["low"] <= f["estimate"]).all() and (f["estimate"] <= f["high"]).all()
+
+
+def test_identical_models_have_zero_pm_and_rm():
+    p = np.repeat(_probs(1, 100), 3, axis=0)
+    f = S.pm_by_inputs(p, [50, 100], n_boot=50)
+    assert np.allclose(f["estimate"], 0) and np.allclose(f["half_width"], 0)
+    a = _acts(1, 100)["l1"][0]
+    r = S.rm_by_inputs({"l1": [a, a.copy(), a * 2.0]}, [50, 100], n_boot=20)
+    assert np.allclose(r["estimate"], 0, atol=1e-7)
+
+
+def test_rm_sizes_beyond_the_sample_are_refused():
+    with pytest.raises(ValueError, match="only 200 probe inputs"):
+        S.rm_by_inputs(_acts(), [500], n_boot=5)
+
+
+def test_svcca_null_is_high_at_small_n_and_falls():
+    nul = S.svcca_null(_acts(2, 400, 8), [12, 400], n_perm=5)
+    small, large = nul["null_similarity"].to_numpy()
+    assert small > 0.5 and large < 0.3  # unrelated representations look similar on few inputs
+    assert (nul["analytic_rms_cc"].diff().dropna() < 0).all()
+
+
+def test_stable_size_needs_all_larger_sizes_to_pass():
+    f = pd.DataFrame({"n": [10, 20, 40, 80], "half_width": [0.05, 0.3, 0.08, 0.02]})
+    assert S.stable_size(f, 1.0, 0.1) == 40
+    assert S.stable_size(f, 0.1, 0.1) is None
+    assert S.first_within(pd.DataFrame({"n": [10, 20], "estimate": [2.0, 1.05]}), 1.0) == 20
+
+
+def test_by_models_counts_subsets_and_pm_bias():
+    p = _probs(5, 300)
+    sims = {"l": np.full((5, 5), 0.8) + 0.2 * np.eye(5)}
+    f = S.by_models(p, sims, max_subsets=4)
+    assert set(f["m"]) == {2, 3, 4, 5}
+    assert f[(f.m == 2) & (f.measure == "pm")]["n_subsets"].iloc[0] == 4
+    assert f[(f.m == 5)]["n_subsets"].iloc[0] == 1
+    assert np.allclose(f[f.measure == "rm"]["mean"], 0.2)
+    pm = f[f.measure == "pm"].set_index("m")["mean"]
+    pmu = f[f.measure == "pm_unbiased"].set_index("m")["mean"]
+    assert np.allclose(pm / pmu, [(m - 1) / m for m in pm.index])
+
+
+def test_replicate_agreement_perfect_and_none():
+    t = pd.DataFrame({"factor": list("abcd") * 2, "replicate": [0] * 4 + [1] * 4,
+                      "rm": [1, 2, 3, 4, 1, 2, 3, 4]})
+    a = S.replicate_agreement(t, "rm")
+    assert a["spearman"] == pytest.approx(1.0) and a["between_share"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no column 'pm'"):
+        S.replicate_agreement(t, "pm")
+
+
+def test_predictive_correlations_and_lodo():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    t = pd.DataFrame({"dataset": ["a"] * 15 + ["b"] * 15, "pm_small": x,
+                      "acc_ood_rest": -x + 0.1 * rng.normal(size=30), "const": 1.0})
+    c = S.predictive_correlations(t, ["pm_small", "const"], ["acc_ood_rest"], n_boot=100)
+    d = S.correlation_dict(c, "pm_small", "acc_ood_rest")
+    assert d["r"] < -0.9 and d["low"] <= d["r"] <= d["high"]
+    assert S.correlation_dict(c, "const", "acc_ood_rest")["r"] is None
+    lodo = S.leave_one_dataset_out(t, "pm_small", "acc_ood_rest", n_boot=50)
+    assert list(lodo["held_out"]) == ["a", "b"] and (lodo["r_held_out"] < -0.8).all()
+    with pytest.raises(ValueError, match="needs >= 2 data sets"):
+        S.leave_one_dataset_out(t[t.dataset == "a"], "pm_small", "acc_ood_rest")
+
+
+def test_fast_rm_matches_the_similarity_module():
+    from rmpm import similarity as SIM
+    acts = _acts(3, 120, 7, seed=3, shared=0.6)
+    rows = np.random.default_rng(1).integers(0, 120, 120)
+    fast = S._rm_on_rows(acts, rows, 0.99)["l1"]
+    ref = SIM.representational_multiplicity(
+        SIM.pairwise_similarity([a[rows] for a in acts["l1"]], "svcca", 0.99))
+    assert fast == pytest.approx(ref, abs=1e-10)
