@@ -61,6 +61,119 @@ def layer_profile(layers: Sequence[str], series: Mapping[str, tuple[np.ndarray, 
     return fig
 
 
+# -- finite samples and exposing multiplicity (chapters 06 and 07) ------------
+
+def estimate_vs_n(frames: Mapping[str, "object"], full: Mapping[str, float] | None = None,
+                  tolerance: float | None = None, xlabel: str = "number of inputs",
+                  ylabel: str = "estimate", null: Mapping[str, "object"] | None = None):
+    """Estimate with CI band against sample size, one panel per entry of ``frames``
+    (DataFrames with columns n, estimate, low, high). ``full[name]`` draws the
+    full-sample value with a ``±tolerance`` (relative) band; ``null[name]``
+    (columns n, value) draws what unrelated models would give."""
+    names = list(frames)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        f = frames[name]
+        ax.plot(f["n"], f["estimate"], marker="o", ms=3, color="tab:blue", label="estimate")
+        ax.fill_between(f["n"], f["low"], f["high"], alpha=0.2, color="tab:blue",
+                        label="95% CI over inputs")
+        if full is not None and name in full:
+            v = full[name]
+            ax.axhline(v, color="k", lw=0.8, label="full sample")
+            if tolerance:
+                ax.axhspan(v * (1 - tolerance), v * (1 + tolerance), color="k", alpha=0.07,
+                           label=f"±{tolerance:.0%}")
+        if null is not None and name in null:
+            g = null[name]
+            ax.plot(g["n"], g["value"], ls="--", color="tab:red", label="unrelated models")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel if len(names) == 1 else f"{name}")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def labelled_scatter(frame, x: str, y: str, label: str | None = None, hue: str | None = None,
+                     title: str | None = None, ax=None):
+    """Scatter of two columns of ``frame``; ``label`` annotates each point, ``hue``
+    colours by a categorical column (e.g. data set)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    else:
+        fig = ax.figure
+    groups = [(None, frame)] if hue is None else list(frame.groupby(hue, sort=False))
+    for g, part in groups:
+        ax.scatter(part[x], part[y], s=22, alpha=0.8, label=None if g is None else str(g))
+        if label is not None:
+            for _, r in part.iterrows():
+                ax.annotate(str(r[label]), (r[x], r[y]), fontsize=6, alpha=0.7,
+                            xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if hue is not None:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def prediction_gallery(images, probs, indices, labels=None, class_names=None, model_names=None,
+                       ncols: int = 6, axes=None, highlight=None, max_lines: int = 6):
+    """Inputs with every model's prediction and confidence under each.
+
+    ``images`` (N, H, W) or (N, H, W, C) in [0, 1] (None: blank tiles); ``probs``
+    (models, N, classes); ``indices`` the inputs to show. ``highlight`` (optional
+    list of model indices, one per shown input) prints that model's line in red,
+    e.g. the model that confabulates. With more than ``max_lines`` models the
+    vote count per class is shown instead of one line per model.
+    """
+    p = np.asarray(probs)
+    m = p.shape[0]
+    idx = [int(i) for i in indices]
+    names = class_names if class_names is not None else [str(c) for c in range(p.shape[2])]
+    mnames = model_names if model_names is not None else [f"m{i}" for i in range(m)]
+    n_lines = min(m, max_lines)
+    line = 0.085  # height of one text line below a tile, in tile heights
+    if axes is None:
+        rows = max(1, -(-len(idx) // ncols))
+        tile = 1.9  # inches
+        below = tile * (0.06 + line * n_lines)  # text under each tile
+        height = rows * (tile + below + 0.3) + 0.5
+        fig, ax_grid = plt.subplots(rows, ncols, figsize=(2.0 * ncols, height), squeeze=False)
+        # explicit spacing: tight_layout does not see text drawn below the axes
+        fig.subplots_adjust(left=0.01, right=0.99, wspace=0.08, top=1 - 0.5 / height,
+                            bottom=(below + 0.05) / height, hspace=(below + 0.3) / tile)
+        axes = list(ax_grid.ravel())
+        for ax in axes[len(idx):]:
+            ax.axis("off")
+    else:
+        fig = axes[0].figure if len(axes) else None
+    for j, (ax, i) in enumerate(zip(axes, idx)):
+        if images is not None:
+            img = images[i]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        head = f"#{i}" + (f"  true: {names[int(labels[i])]}" if labels is not None else "")
+        ax.set_title(head, fontsize=7)
+        yhat, conf = p[:, i].argmax(axis=1), p[:, i].max(axis=1)
+        if m <= max_lines:
+            lines = [(f"{mnames[k]}: {names[yhat[k]]} {conf[k]:.2f}",
+                      highlight is not None and highlight[j] == k) for k in range(m)]
+        else:
+            counts = np.bincount(yhat, minlength=p.shape[2])
+            order = np.argsort(-counts)[:max_lines]
+            lines = [(f"{names[c]}: {counts[c]}/{m}", False) for c in order if counts[c]]
+        for r, (text, hot) in enumerate(lines):
+            ax.text(0.5, -0.04 - line * r, text, transform=ax.transAxes, ha="center", va="top",
+                    fontsize=6.5, color="tab:red" if hot else "k")
+    return fig
+
+
 # -- RM by factor, PM under shift, RM vs PM (chapters 03-05) ------------------
 
 #: colour of each factor group in the chapters 03-05 figures
