@@ -5,6 +5,7 @@ Notebooks call these functions, tabulate and plot; they hold no logic of their o
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,7 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     Keys: ``rm:<layer>`` (1 - SVCCA), ``rm`` (mean over layers), with
     ``cross_checks`` also ``rm_cka`` and ``rm_pwcca`` (means over layers);
     ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood`` (mean
-    over shifts), ``disagree:iid``, ``disagree_ood``; accuracies ``acc_iid``,
+    over shifts), ``disagree:iid``, ``disagree:<kind>:<sev>``, ``disagree_ood``; accuracies ``acc_iid``,
     ``acc_ood`` (means over models), ``gap`` (train - test accuracy), and the
     spread of test accuracy ``acc_iid_range``.
     """
@@ -171,8 +172,9 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
         _, kind, sev = k.split(":")
         p = data.probs(kind, int(sev))
         out[f"pm:{kind}:{sev}"] = PM.prediction_variance(p)
+        out[f"disagree:{kind}:{sev}"] = PM.mean_disagreement(p)
         pm_ood.append(out[f"pm:{kind}:{sev}"])
-        dis_ood.append(PM.mean_disagreement(p))
+        dis_ood.append(out[f"disagree:{kind}:{sev}"])
     if pm_ood:
         out["pm_ood"] = float(np.mean(pm_ood))
         out["disagree_ood"] = float(np.mean(dis_ood))
@@ -203,8 +205,33 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
             train_profile(p, [ds], list(pops), device=p.device, store=store, progress=progress)
         for factor, reps in pops.items():
             for pop in reps:
-                data = load_population(pop, p, store)
                 rows.append({"dataset": ds, "factor": factor, "replicate": pop.replicate,
                              "values": ", ".join(map(str, pop.values)),
-                             **population_measures(data, p.svcca_keep, conv)})
+                             **cached_population_measures(pop, p, conv, store)})
     return pd.DataFrame(rows)
+
+
+#: bump when population_measures changes what it computes
+MEASURES_VERSION = 2
+
+
+def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",
+                               store: Store | str | None = None) -> dict[str, Any]:
+    """:func:`population_measures` of a stored population, memoised in the store.
+
+    The measures are a pure function of the population's stored evaluations, so
+    they are kept under ``derived/`` keyed by the models, the eval spec and the
+    options; every chapter that needs them then computes SVCCA once.
+    """
+    from .recipe import content_key
+    from .store import commit_dir
+    p = get_profile(profile)
+    st = store if isinstance(store, Store) else Store(store)
+    key = content_key({"v": MEASURES_VERSION, "models": list(pop.keys),
+                       "spec": eval_spec(p).key(), "conv": conv, "keep": p.svcca_keep})
+    path = st.root / "derived" / key[:2] / key
+    if (path / "measures.json").is_file():
+        return json.loads((path / "measures.json").read_text())
+    measures = population_measures(load_population(pop, p, st), p.svcca_keep, conv)
+    commit_dir(path, lambda d: (d / "measures.json").write_text(json.dumps(measures)))
+    return measures

@@ -1,0 +1,67 @@
+"""Experiment plumbing on a tiny digits profile: populations, factor table, caching."""
+import numpy as np
+import pytest
+
+from rmpm import experiments as X
+from rmpm.profiles import Profile
+from rmpm.recipe import Recipe
+from rmpm.store import Store
+
+BASE = Recipe(dataset="digits", arch="cnn", width=4, epochs=1, batch_size=64, lr=5e-3)
+TINY = Profile(name="tiny", description="test", datasets=("digits",), base={"digits": BASE},
+               reference={"digits": BASE}, factors={"init_seed": (0, 1, 2), "lr": (5e-3, 1e-2)},
+               replicates=2, reference_seeds=3, n_test=100, n_probe=50,
+               corruptions=("gaussian_noise",), severities=(1, 5), n_boot=50)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return Store(tmp_path_factory.mktemp("store"))
+
+
+def test_factor_table(store):
+    df = X.factor_table(TINY, store=store, progress=False)
+    assert len(df) == 4  # 2 factors x 2 replicates
+    assert set(df["factor"]) == {"init_seed", "lr"}
+    assert list(df["n_models"]) == [3, 3, 2, 2]
+    for col in ("rm", "rm:conv1", "rm:logits", "rm_cka", "rm_pwcca"):
+        assert df[col].between(0, 1).all(), col
+    assert (df["pm:iid"] > 0).all() and (df["pm:gaussian_noise:5"] > 0).all()
+    assert {"disagree:gaussian_noise:1", "pm_ood", "acc_ood", "gap"} <= set(df.columns)
+    # factor models: 2 replicates x (3 + 2), the base of each replicate shared by both
+    # factors; plus the reference population (3 seeds, its seed 0 is the base again)
+    assert len(list(store.models())) == 2 * (3 + 2) - 2 + 2
+
+
+def test_cached_measures_equal_fresh(store):
+    pop = X.factor_populations(TINY, "digits", ["init_seed"])["init_seed"][0]
+    cached = X.cached_population_measures(pop, TINY, store=store)
+    fresh = X.population_measures(X.load_population(pop, TINY, store), TINY.svcca_keep)
+    assert set(cached) == set(fresh)
+    for k in fresh:
+        assert np.isclose(cached[k], fresh[k], rtol=1e-12), k
+    other = X.cached_population_measures(pop, TINY, conv="positions", store=store)
+    assert other["rm:conv1"] != cached["rm:conv1"]  # the option is part of the cache key
+
+
+def test_population_data_access(store):
+    pop = X.reference_population(TINY)
+    assert len(pop.recipes) == 3
+    X.train_profile(TINY, reference_only=True, store=store, progress=False)
+    data = X.load_population(pop, TINY, store)
+    assert data.probs().shape == (3, 100, 10)
+    assert data.probs("gaussian_noise", 5).shape == (3, 100, 10)
+    assert data.layers() == ["conv1", "conv2", "fc", "logits"]
+    assert data.activations("conv1", "positions")[0].shape[1] == 4
+    with pytest.raises(KeyError, match="stored: probs:gaussian_noise:1"):
+        data.probs("rotate", 1)
+    with pytest.raises(ValueError, match="conv='avg' is not allowed"):
+        data.activations("conv1", "avg")
+    assert set(X.describe_recipe_difference(pop.recipes)) == {"init_seed", "order_seed"}
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ValueError, match="dataset='mnist' is not allowed; choose one of: 'digits'"):
+        X.factor_populations(TINY, "mnist")
+    with pytest.raises(ValueError, match="factor='width' is not allowed"):
+        X.factor_populations(TINY, "digits", ["width"])
