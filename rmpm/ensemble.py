@@ -563,7 +563,9 @@ def fit_ensemble(recipes: Sequence[Recipe], device: str | torch.device | None = 
     members = [build_model(r.arch, data.in_shape, k, r.width, r.dropout, seed=r.init_seed)
                for r in recipes]
     templates = [mm.state_dict() for mm in members]
-    gen_dev = dev if dev.type != "mps" else torch.device("cpu")
+    # dropout generators must live on the tensors' device (with its index made explicit)
+    gen_dev = (torch.device("cuda", torch.cuda.current_device())
+               if dev.type == "cuda" and dev.index is None else dev)
     drop_gens = [torch.Generator(device=gen_dev).manual_seed(r.order_seed + _DROPOUT_SEED_OFFSET)
                  for r in recipes]
     packed = pack_models(members, drop_gens).to(dev)
