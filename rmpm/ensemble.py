@@ -110,12 +110,6 @@ def check_group(recipes: Sequence[Recipe]) -> None:
                 raise ValueError(
                     f"recipes cannot train as one ensemble: field {name!r} differs "
                     f"(recipe 0 has {a!r}, recipe {i} has {b!r}); group them with batch_key()")
-    for r in recipes:
-        # fit's torch.optim.SGD(nesterov=True) refuses momentum 0; refuse it here too
-        # so both engines accept the same recipes
-        if r.optimizer == "sgd" and r.momentum == 0:
-            raise ValueError(f"optimizer='sgd' with momentum=0 is not trainable by fit "
-                             f"(nesterov needs momentum > 0): {r}")
 
 
 def group_recipes(recipes: Sequence[Recipe], max_group: int = 32) -> list[list[Recipe]]:
@@ -348,7 +342,8 @@ class _MemberOptimizer:
             denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(_EPS)
             p.add_(hp["neg_step_size"][row][member] * self.exp_avg / denom)
         else:
-            # torch.optim.SGD(momentum, nesterov=True, weight_decay) with dampening 0
+            # torch.optim.SGD(momentum, nesterov=True, weight_decay) with dampening 0;
+            # with momentum 0 this is plain SGD, as fit's nesterov=False optimizer
             d = g + self.wd * p
             self.buf.mul_(self.momentum).add_(d)  # first step: 0 * m + d == clone(d)
             d = d + self.momentum * self.buf

@@ -91,8 +91,9 @@ def lr_at(recipe: Recipe, step: int, total: int, per_epoch: int) -> float:
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                           weight_decay=recipe.weight_decay)
+    # torch refuses nesterov without momentum; with momentum 0 it is plain SGD anyway
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.momentum > 0, weight_decay=recipe.weight_decay)
 
 
 def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:

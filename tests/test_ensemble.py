@@ -61,6 +61,7 @@ def test_members_match_fit(digits, arch, changes):
         recipes.append(base.replace(init_seed=3, order_seed=3, dropout=0.3))
     if arch == "resnet":
         recipes.append(base.replace(init_seed=3, order_seed=3, momentum=0.8))
+        recipes.append(base.replace(init_seed=4, order_seed=4, momentum=0.0))  # plain SGD
     ens = fit_ensemble(recipes, "cpu", data=digits)
     n_test = len(digits.y_test)
     for r, e in zip(recipes, ens):
