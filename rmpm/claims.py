@@ -137,7 +137,7 @@ def verdict_c4(r: dict[str, Any] | None, min_disputed: float = 0.01,
     if r is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 7 has not been executed.")
     d, d_ood, rng = r.get("frac_inputs_disputed"), r.get("frac_inputs_disputed_ood"), r.get("acc_range")
-    result = (f"{r.get('n_models')} models with test accuracies within {rng:.3f} disagree on "
+    result = (f"{r.get('n_models')} models with test accuracies (whole test split) within {rng:.3f} disagree on "
               f"{100 * d:.1f}% of i.i.d. inputs" +
               (f" and {100 * d_ood:.1f}% of corrupted inputs" if d_ood is not None else ""))
     disputed = d is not None and d >= min_disputed

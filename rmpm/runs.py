@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_range
 from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
 from .recipe import Recipe
@@ -76,7 +76,7 @@ def resolve_engine(engine: str, device: torch.device) -> str:
 def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | None = None,
                 device: str | torch.device | None = "auto", progress: bool = True,
                 summary: bool = False, engine: str = "auto",
-                max_group: int = 32) -> list[RunResult]:
+                max_group: int = 32, eval_chunk: int = 16) -> list[RunResult]:
     """Run every recipe (deduplicated, in order); finished entries are reused.
 
     ``engine``: ``"single"`` trains one recipe at a time with :func:`rmpm.train.fit`;
@@ -85,13 +85,15 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     :func:`rmpm.ensemble.fit_ensemble`; ``"auto"`` picks ensemble on CUDA, single
     otherwise (see :func:`resolve_engine`).
 
-    A run killed half-way loses at most the model (or group) being trained:
-    each model is stored as soon as it (its group) finishes, and rerunning the
-    same call continues where it stopped.
+    Models are trained first, then evaluated ``eval_chunk`` at a time. A run
+    killed half-way loses at most the model (or group) being trained, or the
+    chunk being evaluated: each entry is stored as soon as it is finished, and
+    rerunning the same call continues where it stopped.
     """
     store = store if isinstance(store, Store) else Store(store)
     dev = resolve_device(device)
     engine = resolve_engine(engine, dev)
+    check_range("eval_chunk", eval_chunk, 1, integer=True)
     unique = list({r.key(): r for r in recipes}.values())
     data_cache: dict[str, TrainData] = {}
     out: dict[str, RunResult] = {}
@@ -106,34 +108,60 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
             data_cache = {dataset: prepare(dataset, dev)}  # keep one data set resident
         return data_cache[dataset]
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc=f"training {len(todo)} of {len(unique)} models",
-                   unit="model")
+    # Phase 1: train what the store lacks, storing each model as soon as it is done.
+    untrained = [r for r in todo if not store.has_model(r)]
+    bar = _bar(progress, len(untrained), f"training {len(untrained)} of {len(unique)} models")
     try:
         if engine == "ensemble":
-            for group in group_recipes([r for r in todo if not store.has_model(r)], max_group):
+            for group in group_recipes(untrained, max_group):
                 data = data_for(group[0].dataset)
                 for r, res in zip(group, fit_ensemble(group, dev, data=data)):
                     _put_trained(store, r, res, data)
-                for r in group:  # evaluate (the model now comes from the store)
-                    res = run_recipe(r, spec, store, dev, data=data)
-                    out[r.key()] = RunResult(r, res.model, res.eval, True)
-                if bar is not None:
-                    bar.update(len(group))
-        for r in todo:  # single engine, and models stored earlier that lack this evaluation
-            if r.key() not in out:
-                out[r.key()] = run_recipe(r, spec, store, dev, data=data_for(r.dataset))
-                if bar is not None:
-                    bar.update(1)
+                bar.update(len(group))
+        else:
+            for r in untrained:
+                data = data_for(r.dataset)
+                _put_trained(store, r, fit(r, dev, data=data), data)
+                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
+    # Phase 2: evaluate in chunks, so each corrupted test set is generated once
+    # per chunk rather than once per model.
+    skey = spec.key()
+    need = [r for r in todo if not store.has_eval(r, skey)]
+    bar = _bar(progress, len(need), f"evaluating {len(need)} models")
+    try:
+        for dataset in dict.fromkeys(r.dataset for r in need):
+            same = [r for r in need if r.dataset == dataset]
+            for i in range(0, len(same), eval_chunk):
+                chunk = same[i:i + eval_chunk]
+                models = [store.model(r).load_model() for r in chunk]
+                for r, (metrics, arrays) in zip(chunk, evaluate(models, dataset, spec, dev)):
+                    store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    for r in todo:
+        out[r.key()] = RunResult(r, store.model(r), store.eval(r, skey), r in untrained)
     results = [out[r.key()] for r in recipes]
     if summary:
         print(summary_table(results))
     return results
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not (progress and total):
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="model")
 
 
 def summary_table(results: Sequence[RunResult]) -> str:

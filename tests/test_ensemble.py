@@ -157,13 +157,15 @@ def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
     monkeypatch.setattr(runs, "fit_ensemble", dying)
     with pytest.raises(KeyboardInterrupt):
         run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2)
-    # the first group (two members) was stored as soon as it finished, evaluated too
+    # the first group (two members) was stored as soon as it finished; evaluation
+    # comes after all training, so none has happened yet
     assert [store.has_model(r) for r in recipes] == [True, True, False, False]
-    assert store.has_eval(recipes[0], SPEC.key())
+    assert not store.has_eval(recipes[0], SPEC.key())
     calls.clear()
     out = run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2)
     assert calls == [[2], [0]]  # only the missing models, grouped by key
     assert [o.trained for o in out] == [False, False, True, True]
+    assert all(store.has_eval(r, SPEC.key()) for r in recipes)
     for o in out:
         m = o.model.metrics
         assert m["engine"] == "ensemble" and set(m) >= {"train_acc", "test_acc", "train_seconds"}

@@ -130,3 +130,18 @@ def test_resume_after_kill(tmp_path, monkeypatch):
     out = run_recipes(recipes, SPEC, store, "cpu", progress=False)
     assert calls == [2, 3]
     assert [o.trained for o in out] == [False, False, True, True]
+
+
+def test_chunked_evaluation_equals_one_at_a_time(tmp_path):
+    """run_recipes evaluates several models per corrupted set; the numbers must not change."""
+    recipes = [TINY.replace(init_seed=i, epochs=1) for i in range(3)]
+    a = run_recipes(recipes, SPEC, Store(tmp_path / "a"), "cpu", progress=False, eval_chunk=2)
+    b = [run_recipe(r, SPEC, Store(tmp_path / "b"), "cpu") for r in recipes]
+    for ra, rb in zip(a, b):
+        aa, ab = ra.eval.arrays(), rb.eval.arrays()
+        assert set(aa) == set(ab)
+        for k in aa:
+            np.testing.assert_array_equal(aa[k], ab[k], err_msg=k)
+        assert ra.eval.metrics == rb.eval.metrics
+    with pytest.raises(ValueError, match="eval_chunk=0 must be >= 1"):
+        run_recipes(recipes, SPEC, Store(tmp_path / "a"), "cpu", eval_chunk=0)
