@@ -54,13 +54,17 @@ def verdict_c1(r: dict[str, Any] | None, alpha: float = 0.05) -> Verdict:
 
     Supported when the highest- and lowest-RM factors have separated
     bootstrap intervals *and* the factor ranking agrees across blocks
-    (Friedman p < alpha); partly when only one of the two holds.
+    (Friedman test p < alpha; its permutation p-value when the chapter saved
+    one, since the chi-square approximation is poor with few blocks); partly
+    when only one of the two holds.
     """
     claim = "C1: some training differences give systematically larger RM"
     if r is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 3 has not been executed.")
     fr = r.get("friedman") or {}
-    p, w = fr.get("pvalue"), fr.get("kendalls_w")
+    # with few blocks the chi-square p-value is poor; prefer the permutation one
+    p = fr.get("pvalue_permutation", fr.get("pvalue"))
+    w = fr.get("kendalls_w")
     separated = bool(r.get("top_vs_bottom_separated"))
     consistent = p is not None and p < alpha
     ranking = r.get("ranking", [])

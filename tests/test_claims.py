@@ -23,6 +23,9 @@ def test_c1_rules():
     assert verdict_c1({**C1, "friedman": {**C1["friedman"], "pvalue": 0.4}}).verdict == PARTLY
     assert verdict_c1({**C1, "top_vs_bottom_separated": False,
                        "friedman": {"pvalue": None}}).verdict == NOT_SUPPORTED
+    # the permutation p-value, when present, decides
+    perm = {**C1, "friedman": {**C1["friedman"], "pvalue": 0.2, "pvalue_permutation": 0.001}}
+    assert verdict_c1(perm).verdict == SUPPORTED and "p = 0.001" in verdict_c1(perm).result
     v = verdict_c1(C1)
     assert "width 0.400 [0.350, 0.450]" in v.result and "W = 0.90" in v.result
 

@@ -23,6 +23,43 @@ def test_notebook_is_clean_and_parameterised(path):
     assert nb.metadata.kernelspec.name == book.KERNEL_NAME
 
 
+def _is_ci(c):
+    return c["low"] <= c.get("estimate", c.get("r")) <= c["high"]
+
+
+def _corr_ok(c):
+    return -1 <= c["low"] <= c["r"] <= c["high"] <= 1 and 0 <= c["p"] <= 1
+
+
+# What each chapter must have saved, and what "sane" means for it (smoke numbers
+# are weak, so these are range and consistency checks, not claims).
+SANE = {
+    "01_svcca_checked": lambda v: v["invariance_max_deviation"] < 1e-8
+        and v["covariance_cca_max_diff"] < 1e-6 and v["pairwise_max_diff"] < 1e-6,
+    "02_populations": lambda v: 0.3 < v["test_acc"]["estimate"] <= 1 and _is_ci(v["test_acc"])
+        and all(0 <= x <= 1 for x in v["rm_by_layer"].values()) and v["pm_iid"] > 0,
+    "03_rm_by_factor": lambda v: len(v["ranking"]) == 12 and set(v["ranking"]) == set(v["rm_by_factor"])
+        and all(_is_ci(c) and 0 <= c["estimate"] <= 1 for c in v["rm_by_factor"].values())
+        and 0 <= v["friedman"]["pvalue"] <= 1 and 0 <= v["friedman"]["kendalls_w"] <= 1,
+    "04_pm_iid_ood": lambda v: v["pm_iid"]["estimate"] > 0 and _is_ci(v["pm_iid"])
+        and all(_is_ci(c) for c in v["pm_by_severity"].values()) and _corr_ok(v["severity_trend"]),
+    "05_rm_vs_pm": lambda v: all(_corr_ok(v["pooled"][s][m]) for s in ("iid", "ood")
+                                 for m in ("spearman", "pearson")) and v["n_populations"] == 24,
+    "06_finite_samples": lambda v: all(_corr_ok(c) for c in (*v["predict_ood_acc"].values(),
+                                                             *v["predict_ood_pm"].values()))
+        and v["small_sample_size"] > 0,
+    "07_exposing_multiplicity": lambda v: 0 <= v["frac_inputs_disputed"] <= v["frac_inputs_disputed_ood"] <= 1
+        and len(v["confabulations_per_model"]) == v["n_models"] and 0 <= v["acc_range"] < 0.2,
+    "08_claims": lambda v: set(v["verdicts"]) == {"C1", "C2", "C3", "C4"} and all(
+        x["verdict"] in ("supported", "partly", "not supported", "not tested")
+        for x in v["verdicts"].values()),
+}
+
+
+def test_every_chapter_has_a_sanity_check():
+    assert {p.stem for p in NOTEBOOKS} - {"00_methods"} == set(SANE)
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_under_smoke(path, tmp_path, monkeypatch):
@@ -37,9 +74,10 @@ def test_notebook_runs_under_smoke(path, tmp_path, monkeypatch):
               if "image/png" in o.get("data", {})]
     assert images, "every chapter shows at least one figure"
     res = tmp_path / "results" / f"{path.stem}.json"
-    if res.exists():
+    if path.stem in SANE:
         data = json.loads(res.read_text())
-        assert data["profile"] == "smoke" and data["values"]
+        assert data["profile"] == "smoke"
+        assert SANE[path.stem](data["values"]), data["values"]
 
 
 def test_population_notebook_results_are_sane(tmp_path, monkeypatch):
