@@ -456,7 +456,7 @@ def severity_trend(long: pd.DataFrame, n_boot: int = 1000, n_perm: int = 2000,
     groups = _strata_indices(mdf.index.get_level_values("dataset"), len(m))
     reps = np.array([_pooled_spearman(m[_resample_rows(rng, groups)], sev)
                      for _ in range(n_boot)])
-    ci = stats._percentile_ci(r, reps, level, n_boot)
+    ci = stats.percentile_ci(r, reps, level, n_boot)
     # permutation null: exchangeable severities within a population; global ranks
     # of PM travel with the values, so rank once and shuffle the ranks
     ry = _st.rankdata(m.ravel()).reshape(m.shape)

@@ -62,7 +62,13 @@ def _check_boot(n_boot, level):
         raise ValueError(f"level={level!r} must be < 1")
 
 
-def _percentile_ci(estimate: float, reps: np.ndarray, level: float, n_boot: int) -> CI:
+def percentile_ci(estimate: float, reps: np.ndarray, level: float, n_boot: int) -> CI:
+    """Percentile interval of bootstrap replicates ``reps`` around ``estimate``.
+
+    The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the replicates
+    (Efron & Tibshirani 1993, ch. 13). Non-finite replicates are dropped with a
+    warning, or refused when they are more than half.
+    """
     ok = np.isfinite(reps)
     if not ok.all():
         bad = int((~ok).sum())
@@ -114,7 +120,7 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], data, over: int | tup
         for ax in axes:
             r = np.take(r, rng.integers(0, a.shape[ax], a.shape[ax]), axis=ax)
         reps[b] = statistic(r)
-    return _percentile_ci(estimate, reps, level, n_boot)
+    return percentile_ci(estimate, reps, level, n_boot)
 
 
 _OVER = {"models": (0,), "inputs": (1,), "both": (0, 1)}
@@ -160,7 +166,7 @@ def bootstrap_rm(sim, n_boot: int = 1000, level: float = 0.95, seed: int = 0) ->
         idx = rng.integers(0, n, n)
         distinct = idx[:, None] != idx[None, :]
         reps[b] = d[np.ix_(idx, idx)][distinct].mean() if distinct.any() else np.nan
-    return _percentile_ci(estimate, reps, level, n_boot)
+    return percentile_ci(estimate, reps, level, n_boot)
 
 
 class Correlation(NamedTuple):
@@ -204,7 +210,7 @@ def correlation(x, y, method: str = "spearman", n_boot: int = 1000, level: float
     for b in range(n_boot):
         idx = rng.integers(0, xa.size, xa.size)
         reps[b] = coef(xa[idx], ya[idx])
-    ci = _percentile_ci(r, reps, level, n_boot)
+    ci = percentile_ci(r, reps, level, n_boot)
     return Correlation(r, ci.low, ci.high, p)
 
 
@@ -269,5 +275,5 @@ def friedman_test(matrix) -> Friedman:
     return Friedman(float(q), float(_st.chi2.sf(q, n - 1)), float(q / (m * (n - 1))), m, n)
 
 
-__all__ = ["CI", "bootstrap_ci", "bootstrap_pm", "bootstrap_rm", "Correlation", "correlation",
+__all__ = ["CI", "percentile_ci", "bootstrap_ci", "bootstrap_pm", "bootstrap_rm", "Correlation", "correlation",
            "Friedman", "friedman_test", "kendalls_w"]
