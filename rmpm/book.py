@@ -20,6 +20,7 @@ from typing import Any
 from . import paths
 from ._checks import check_choice
 from .profiles import get_profile
+from .store import atomic_write_text
 
 KERNEL_NAME = "rmpm"
 
@@ -108,9 +109,7 @@ def write_build_info(profile: str, timings: dict[str, float]) -> Path:
             "cuda": torch.cuda.is_available(), "git_commit": commit,
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     path = gen / "build_info.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(info, indent=1))
     write_reproducibility_page(info)
     return path
 
@@ -171,9 +170,7 @@ def reproducibility_page(info: dict[str, Any]) -> str:
 def write_reproducibility_page(info: dict[str, Any]) -> Path:
     path = paths.generated_dir() / "reproducibility.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(reproducibility_page(info))
-    tmp.replace(path)
+    atomic_write_text(path, reproducibility_page(info))
     return path
 
 

@@ -48,6 +48,7 @@ from . import multiplicity as PM
 from . import similarity as SIM
 from . import stats
 from ._checks import check_choice, check_range
+from .store import atomic_write, atomic_write_text
 
 DEFAULT_CONFIDENCE = 0.9
 
@@ -377,46 +378,30 @@ class Report:
         if stale.exists():
             stale.unlink()  # an old manifest must not vouch for a half-written new report
         paths: dict[str, Path] = {}
-        paths["summary"] = _atomic_text(out / "summary.csv", self.summary.to_csv(index=False))
-        paths["per_input"] = _atomic_text(out / "per_input.csv", self.per_input.to_csv(index=False))
-        paths["confabulations"] = _atomic_text(out / "confabulations.csv",
+        paths["summary"] = atomic_write_text(out / "summary.csv", self.summary.to_csv(index=False))
+        paths["per_input"] = atomic_write_text(out / "per_input.csv", self.per_input.to_csv(index=False))
+        paths["confabulations"] = atomic_write_text(out / "confabulations.csv",
                                                self.confabulations.to_csv(index=False))
         fig = self.figure()
         try:
-            paths["figure"] = _atomic_write(out / "figure.png",
+            paths["figure"] = atomic_write(out / "figure.png",
                                             lambda f: fig.savefig(f, dpi=dpi, format="png",
                                                                   bbox_inches="tight"))
         finally:
             plt.close(fig)
-        paths["markdown"] = _atomic_text(out / "report.md", self.to_markdown("figure.png"))
+        paths["markdown"] = atomic_write_text(out / "report.md", self.to_markdown("figure.png"))
         manifest = {"title": self.title, "n_models": self.n_models, "n_inputs": self.n_inputs,
                     "model_names": self.model_names, "settings": _jsonable(self.settings),
                     "files": {p.name: {"bytes": p.stat().st_size,
                                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                               for p in paths.values()}}
-        paths["manifest"] = _atomic_text(out / "manifest.json", json.dumps(manifest, indent=1))
+        paths["manifest"] = atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
         return paths
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
             for k, v in d.items()}
-
-
-def _atomic_write(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _md_table(frame: pd.DataFrame) -> str:

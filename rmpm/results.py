@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import paths
+from .store import atomic_write_text
 
 
 def _clean(obj: Any) -> Any:
@@ -43,11 +44,9 @@ def save(name: str, profile: str, values: dict[str, Any]) -> Path:
     d = results_dir()
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"name": name, "profile": profile,
-                               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "values": _clean(values)}, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"name": name, "profile": profile,
+                                        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "values": _clean(values)}, indent=1, sort_keys=True))
     return path
 
 

@@ -70,6 +70,24 @@ def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write file ``path`` atomically: ``write(f)`` fills a temp sibling opened in
+    binary mode, which then replaces ``path``; on failure nothing is left behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -104,7 +122,6 @@ class ModelEntry:
 
     def load_model(self):
         """The trained ``nn.Module`` (CPU, eval mode)."""
-        from . import data as D
         from .models import build_model
         r = self.recipe
         meta = self.meta
