@@ -42,8 +42,8 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     dev = resolve_device(device)
     trained = False
     if not store.has_model(recipe):
-        res = fit(recipe, dev, data=data)
-        _put_trained(store, recipe, res, data)
+        data = data or prepare(recipe.dataset, dev)  # once, for training and its shapes
+        _put_trained(store, recipe, fit(recipe, dev, data=data), data)
         trained = True
     entry = store.model(recipe)
     skey = spec.key()
@@ -54,10 +54,9 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     return RunResult(recipe, entry, store.eval(recipe, skey), trained)
 
 
-def _put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData | None) -> None:
-    d = data or prepare(recipe.dataset, torch.device("cpu"))
+def _put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData) -> None:
     store.put_model(recipe, res.model.state_dict(), res.metrics, res.history,
-                    d.in_shape, d.n_classes)
+                    data.in_shape, data.n_classes)
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
@@ -99,7 +98,7 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     out: dict[str, RunResult] = {}
     todo = [r for r in unique if not (store.has_model(r) and store.has_eval(r, spec.key()))]
     for r in unique:
-        if r not in todo:
+        if r not in todo:  # already complete in the store
             out[r.key()] = RunResult(r, store.model(r), store.eval(r, spec.key()), False)
 
     def data_for(dataset: str) -> TrainData:

@@ -201,7 +201,8 @@ def fit(recipe: Recipe, device: str | torch.device | None = "auto",
                             "train_acc_running": run_correct / seen, "test_acc_sample": acc,
                             "test_loss_sample": tl, "seconds": time.perf_counter() - t0})
     train_time = time.perf_counter() - t0
-    train_acc, train_loss = evaluate_split(model, data.x_train[idx.unique()], data.y_train[idx.unique()])
+    seen_idx = idx.unique()  # a bootstrap repeats examples; score each once
+    train_acc, train_loss = evaluate_split(model, data.x_train[seen_idx], data.y_train[seen_idx])
     test_acc, test_loss = evaluate_split(model, data.x_test, data.y_test)
     metrics = {"train_acc": train_acc, "train_loss": train_loss, "test_acc": test_acc,
                "test_loss": test_loss, "gap": train_acc - test_acc, "steps": total,
