@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from rmpm.similarity import DEFAULT_MAX_POINTS, flatten_conv, pairwise_similarity, svcca, svd_reduce
+from rmpm.similarity import DEFAULT_MAX_POINTS, pairwise_similarity, svcca, svd_reduce
 
 
 def dense_population(n_models, n, p, seed):

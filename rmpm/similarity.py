@@ -539,7 +539,6 @@ def _pwcca_block(gram, pairs, gI, gJ, oi, oj, reds, out):
 def _pairs_cka(reds, n, out, *, debiased, block_bytes):
     if debiased and n < 4:
         raise ValueError(f"debiased CKA needs at least 4 inputs; got {n}")
-    N = len(reds)
     if debiased:
         self_h = [_hsic_unbiased(_fro2(x.T @ x), kd, kd, n) for x, kd in reds]
         if any(h <= 0 for h in self_h):

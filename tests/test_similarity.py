@@ -1,5 +1,4 @@
 """rmpm.similarity: invariances, independent re-implementations, known values, edge cases."""
-import warnings
 
 import numpy as np
 import pytest
