@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="train only the reference population (experiment 2)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only part I of N (0 <= I < N) of the recipes, e.g. one job of a "
+                        "job array; all parts may run at once on one shared store")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be trained and evaluated, and stop")
 
     p = sub.add_parser("data", help="make sure a data set is present")
     p.add_argument("names", nargs="+", help="data set names")
@@ -56,17 +61,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.strip().isdigit() and n.strip().isdigit()):
+        raise ValueError(f"--shard={text!r} must look like I/N with whole numbers "
+                         "0 <= I < N, e.g. 0/8")
+    return int(i), int(n)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "book":
         from .book import build
         build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean)
         return 0
     if args.command == "train":
-        from .experiments import train_profile
-        results = train_profile(args.profile, datasets=args.dataset, factors=args.factor,
-                                reference_only=args.reference, device=args.device,
-                                store=args.store)
-        from .runs import summary_table
+        from .experiments import eval_spec, profile_recipes
+        from .runs import plan_table, run_recipes, shard, summary_table
+        recipes = profile_recipes(args.profile, datasets=args.dataset, factors=args.factor,
+                                  reference_only=args.reference)
+        if args.shard is not None:
+            recipes = shard(recipes, *_parse_shard(args.shard))
+        spec = eval_spec(args.profile)
+        if args.dry_run:
+            print(plan_table(recipes, spec, args.store))
+            return 0
+        results = run_recipes(recipes, spec, args.store, device=args.device)
         print(summary_table(results))
         return 0
     if args.command == "data":

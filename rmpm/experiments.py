@@ -18,6 +18,7 @@ from .evaluate import EvalSpec, pred_key
 from .profiles import Profile, get_profile
 from .recipe import FACTORS, Population, Recipe, unique_recipes, vary
 from .runs import RunResult, run_recipes
+from .runs import shard as shard_recipes
 from .store import Store
 
 
@@ -51,13 +52,12 @@ def factor_populations(profile: str | Profile, dataset: str | None = None,
     return {f: vary(p.base[ds], f, p.factors[f], p.replicates) for f in names}
 
 
-def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
-                  factors: Sequence[str] | None = None, reference_only: bool = False,
-                  device: str = "auto", store: Store | str | None = None,
-                  progress: bool = True) -> list[RunResult]:
-    """Train and evaluate every model the profile's experiments need (resumable)."""
+def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = None,
+                    factors: Sequence[str] | None = None,
+                    reference_only: bool = False) -> list[Recipe]:
+    """Every recipe the profile's experiments need, once each, in a fixed order
+    (per data set: the reference population, then each factor's populations)."""
     p = get_profile(profile)
-    spec = eval_spec(p)
     recipes: list[Recipe] = []
     for ds in datasets or p.datasets:
         ds = _dataset(p, ds)
@@ -65,7 +65,23 @@ def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
         if not reference_only:
             for pops in factor_populations(p, ds, factors).values():
                 recipes += unique_recipes(pops)
-    return run_recipes(recipes, spec, store, device=device, progress=progress)
+    return list({r.key(): r for r in recipes}.values())
+
+
+def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
+                  factors: Sequence[str] | None = None, reference_only: bool = False,
+                  device: str = "auto", store: Store | str | None = None,
+                  progress: bool = True, shard: tuple[int, int] | None = None
+                  ) -> list[RunResult]:
+    """Train and evaluate every model the profile's experiments need (resumable).
+
+    ``shard=(i, n)`` runs only part ``i`` of ``n`` (see :func:`rmpm.runs.shard`), for
+    n jobs that share one store.
+    """
+    recipes = profile_recipes(profile, datasets, factors, reference_only)
+    if shard is not None:
+        recipes = shard_recipes(recipes, *shard)
+    return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress)
 
 
 @dataclass

@@ -163,6 +163,45 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="model")
 
 
+def shard(recipes: Sequence[Recipe], index: int, count: int) -> list[Recipe]:
+    """Part ``index`` (0-based) of ``count`` disjoint parts of the deduplicated recipes.
+
+    Round-robin (every ``count``-th recipe), so that each part gets a similar mix of
+    data sets and factors; the parts together are every recipe exactly once. Meant
+    for job arrays: ``rmpm train --shard I/N`` in N jobs sharing one store.
+    """
+    check_range("shard count", count, 1, integer=True)
+    check_range("shard index", index, 0, count - 1, integer=True)
+    unique = list({r.key(): r for r in recipes}.values())
+    return unique[index::count]
+
+
+def plan_table(recipes: Sequence[Recipe], spec: EvalSpec,
+               store: Store | str | None = None) -> str:
+    """What :func:`run_recipes` would do, without doing it: per data set and
+    architecture, how many recipes, how many the store already has trained and
+    evaluated under ``spec``, and the model-epochs left to train."""
+    store = store if isinstance(store, Store) else Store(store)
+    skey = spec.key()
+    unique = list({r.key(): r for r in recipes}.values())
+    groups: dict[tuple[str, str], list[Recipe]] = {}
+    for r in unique:
+        groups.setdefault((r.dataset, r.arch), []).append(r)
+    head = (f"{'dataset':14} {'arch':6} {'recipes':>7} {'trained':>7} {'evaluated':>9} "
+            f"{'to train':>8} {'epochs to train':>15}")
+    rows, tot = [head], [0, 0, 0, 0, 0]
+    for (ds, arch), rs in groups.items():
+        trained = [store.has_model(r) for r in rs]
+        row = [len(rs), sum(trained), sum(store.has_eval(r, skey) for r in rs),
+               trained.count(False), sum(r.epochs for r, t in zip(rs, trained) if not t)]
+        tot = [a + b for a, b in zip(tot, row)]
+        rows.append(f"{ds:14} {arch:6} {row[0]:7d} {row[1]:7d} {row[2]:9d} {row[3]:8d} "
+                    f"{row[4]:15d}")
+    rows.append(f"{'total':21} {tot[0]:7d} {tot[1]:7d} {tot[2]:9d} {tot[3]:8d} {tot[4]:15d}")
+    rows.append(f"store: {store.root}   eval spec: {skey[:12]}")
+    return "\n".join(rows)
+
+
 def summary_table(results: Sequence[RunResult]) -> str:
     """A plain-text table: one row per model, with accuracies and where it came from."""
     rows = [f"{'key':12} {'dataset':14} {'arch':6} {'train':>6} {'test':>6} {'ood':>6} {'sec':>6}  src"]

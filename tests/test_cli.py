@@ -22,3 +22,37 @@ def test_bad_factor_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rmpm train: error: factor='colour' is not allowed; choose one of:" in err
     assert "'init_seed'" in err
+
+
+def _plan(capsys):
+    lines = capsys.readouterr().out.splitlines()
+    total = next(l for l in lines if l.startswith("total")).split()[1:]
+    return dict(zip(["recipes", "trained", "evaluated", "to_train", "epochs"], map(int, total)))
+
+
+def test_dry_run_and_shards_cover_the_profile(tmp_path, capsys):
+    """Job-array use: --dry-run trains nothing; shards 0/2 and 1/2 together train
+    every recipe once, each run seeing what the other already stored."""
+    base = ["train", "--profile", "smoke", "--reference", "--device", "cpu",
+            "--store", str(tmp_path)]
+    assert main(base + ["--dry-run"]) == 0
+    plan = _plan(capsys)
+    assert plan["recipes"] == 3 and plan["to_train"] == 3 and plan["trained"] == 0
+    assert not (tmp_path / "models").exists()  # a dry run writes nothing
+    assert main(base + ["--shard", "0/2"]) == 0
+    assert len([l for l in capsys.readouterr().out.splitlines() if "fashion_mnist" in l]) == 2
+    assert main(base + ["--dry-run"]) == 0
+    plan = _plan(capsys)
+    assert (plan["trained"], plan["evaluated"], plan["to_train"]) == (2, 2, 1)
+    assert main(base + ["--shard", "1/2"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--dry-run"]) == 0
+    assert _plan(capsys)["to_train"] == 0
+
+
+def test_bad_shard_is_a_clear_error(tmp_path, capsys):
+    base = ["train", "--profile", "smoke", "--dry-run", "--store", str(tmp_path)]
+    assert main(base + ["--shard", "2"]) == 2
+    assert "--shard='2' must look like I/N" in capsys.readouterr().err
+    assert main(base + ["--shard", "2/2"]) == 2
+    assert "shard index=2 must be <= 1" in capsys.readouterr().err

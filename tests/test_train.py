@@ -177,3 +177,16 @@ def test_run_recipe_maps_over_separate_processes(tmp_path):
         aa, ab = a.arrays(), b.arrays()
         for k in ab:
             np.testing.assert_array_equal(aa[k], ab[k], err_msg=k)
+
+
+def test_shards_partition_the_deduplicated_recipes():
+    from rmpm.runs import shard
+    recipes = [TINY.replace(init_seed=i) for i in range(7)]
+    parts = [shard(recipes + recipes[:2], i, 3) for i in range(3)]  # duplicates dropped
+    keys = [r.key() for p in parts for r in p]
+    assert sorted(keys) == sorted(r.key() for r in recipes) and len(set(keys)) == 7
+    assert [len(p) for p in parts] == [3, 2, 2]
+    with pytest.raises(ValueError, match="shard count=0 must be >= 1"):
+        shard(recipes, 0, 0)
+    with pytest.raises(ValueError, match="shard index=-1 must be >= 0"):
+        shard(recipes, -1, 2)
