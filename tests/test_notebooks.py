@@ -118,3 +118,38 @@ def test_unknown_dataset_is_refused_before_running(tmp_path):
     with pytest.raises(ValueError, match="dataset='cifar10' is not allowed; choose one of: 'fashion_mnist'"):
         book.execute(path, tmp_path / "o.ipynb", {"profile": "smoke", "dataset": "cifar10"})
     assert not (tmp_path / "o.ipynb").exists()
+
+
+# The chapters whose code branches on several data sets (pooling across data sets,
+# one panel per data set, C3's data-set cap). Under smoke and default there is one
+# data set, so only this test runs those branches before a paper build does.
+MULTI = ["03_rm_by_factor", "04_pm_iid_ood", "05_rm_vs_pm", "08_claims"]
+
+
+@pytest.mark.notebook
+def test_cross_dataset_chapters_run_under_smoke_multi(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMPM_RESULTS", str(tmp_path / "results"))
+    both = ["fashion_mnist", "digits"]
+    by_stem = {p.stem: p for p in NOTEBOOKS}
+    values = {}
+    for stem in MULTI:
+        out = tmp_path / f"{stem}.ipynb"
+        book.execute(by_stem[stem], out, {"profile": "smoke_multi"})
+        nb = nbformat.read(out, as_version=4)
+        assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if o.get("output_type") == "error"], stem
+        data = json.loads((tmp_path / "results" / f"{stem}.json").read_text())
+        assert data["profile"] == "smoke_multi"
+        values[stem] = data["values"]
+        if stem in SANE and stem != "05_rm_vs_pm":  # 05's check counts one data set's populations
+            assert SANE[stem](values[stem]), values[stem]
+    for stem in MULTI[:3]:
+        assert values[stem]["datasets"] == both and values[stem]["n_populations"] == 48, stem
+    assert values["03_rm_by_factor"]["friedman"]["n_blocks"] == 4  # 2 data sets x 2 replicates
+    rm_pm = values["05_rm_vs_pm"]
+    assert set(rm_pm["per_dataset"]) == set(both)
+    assert all(_corr_ok(rm_pm["pooled"][s][m]) for s in ("iid", "ood") for m in ("spearman", "pearson"))
+    claims = values["08_claims"]
+    assert claims["n_datasets"] == 2
+    # two of the paper's four data sets can at most partly support C3
+    assert claims["verdicts"]["C3"]["verdict"] in ("partly", "not supported")

@@ -107,5 +107,16 @@ def test_profiles_are_consistent():
             for f, values in p.factors.items():
                 vary(p.base[ds], f, values, p.replicates)  # expands without error
     with pytest.raises(ValueError, match="profile='huge' is not allowed; choose one of: "
-                                         "'smoke', 'default', 'paper'"):
+                                         "'smoke', 'smoke_multi', 'default', 'paper'"):
         get_profile("huge")
+
+
+def test_toy_profiles_carry_the_not_evidence_warning():
+    from rmpm.notebook import banner
+    for name, p in PROFILES.items():
+        warned = "```{warning}" in banner(name)
+        assert warned == (not p.evidence), name
+        if warned:
+            assert f"built with the `{name}` profile" in banner(name)
+    assert not PROFILES["smoke"].evidence and not PROFILES["smoke_multi"].evidence
+    assert PROFILES["default"].evidence and PROFILES["paper"].evidence
