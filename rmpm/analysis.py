@@ -114,13 +114,26 @@ def _ci_dict(c: stats.CI | None) -> dict[str, float | None]:
 
 def layer_names(table: pd.DataFrame, dataset: str | None = None) -> list[str]:
     """Probe layers with an ``rm:<layer>`` value (for ``dataset``, if given), in
-    table column order, which is network order. Data sets with different
-    architectures have different layers; their columns are NaN elsewhere."""
+    network order.
+
+    The order comes from the ``layers`` column (comma-separated, written by
+    :func:`rmpm.experiments.factor_table`) when the rows agree on it. Column order
+    is not enough: after concatenating the tables of two data sets with different
+    architectures, a layer name both share (e.g. ``logits``) keeps the first
+    table's position. Without a ``layers`` column, column order is used.
+    """
     t = table if dataset is None else table[table["dataset"] == dataset]
     if t.empty:
         raise ValueError(f"no rows for dataset={dataset!r}")
-    return [c.split(":", 1)[1] for c in t.columns
+    have = [c.split(":", 1)[1] for c in t.columns
             if c.startswith("rm:") and t[c].notna().all()]
+    if "layers" in t.columns:
+        orders = t["layers"].dropna().unique()
+        if len(orders) == 1:
+            order = str(orders[0]).split(",")
+            return [layer for layer in order if layer in have] + \
+                [layer for layer in have if layer not in order]
+    return have
 
 
 def rm_long(table: pd.DataFrame) -> pd.DataFrame:

@@ -221,9 +221,12 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
             train_profile(p, [ds], list(pops), device=p.device, store=store, progress=progress)
         for factor, reps in pops.items():
             for pop in reps:
+                m = cached_population_measures(pop, p, conv, store)
+                # measures keep network order (JSON keeps key order); a concatenated
+                # table's columns do not, so the order travels in its own column
+                layers = ",".join(k.split(":", 1)[1] for k in m if k.startswith("rm:"))
                 rows.append({"dataset": ds, "factor": factor, "replicate": pop.replicate,
-                             "values": ", ".join(map(str, pop.values)),
-                             **cached_population_measures(pop, p, conv, store)})
+                             "values": ", ".join(map(str, pop.values)), "layers": layers, **m})
     return pd.DataFrame(rows)
 
 

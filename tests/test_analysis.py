@@ -197,3 +197,20 @@ def test_distinct_models_counts_shared_base_once():
     pops = {"init_seed": vary(base, "init_seed", (0, 1), 2), "lr": vary(base, "lr", (1e-3, 2e-3), 2)}
     # per replicate: base (init offset 0 == lr 2e-3), init +1, lr 1e-3 -> 3 models, x 2 replicates
     assert A.distinct_models(pops) == 6
+
+
+def test_layer_names_keep_network_order_across_architectures():
+    """Concatenating two data sets' tables puts a shared layer name (logits) at the
+    first table's position; the ``layers`` column restores each network's order."""
+    cnn = pd.DataFrame({"dataset": "a", "factor": ["f", "g"], "replicate": 0,
+                        "layers": "conv1,conv2,logits",
+                        "rm:conv1": 0.1, "rm:conv2": 0.2, "rm:logits": 0.3})
+    mlp = pd.DataFrame({"dataset": "b", "factor": ["f", "g"], "replicate": 0,
+                        "layers": "fc1,fc2,logits", "rm:fc1": 0.1, "rm:fc2": 0.2, "rm:logits": 0.3})
+    table = pd.concat([cnn, mlp], ignore_index=True)
+    assert list(table.columns).index("rm:logits") < list(table.columns).index("rm:fc1")
+    assert A.layer_names(table, "b") == ["fc1", "fc2", "logits"]
+    assert A.layer_names(table, "a") == ["conv1", "conv2", "logits"]
+    assert list(A.layer_intervals(table, "b", n_boot=20)["layer"].unique()) == ["fc1", "fc2", "logits"]
+    # without the column: column order (what a hand-made single table gives)
+    assert A.layer_names(table.drop(columns="layers"), "b") == ["logits", "fc1", "fc2"]

@@ -28,6 +28,7 @@ def test_factor_table(store):
         assert df[col].between(0, 1).all(), col
     assert (df["pm:iid"] > 0).all() and (df["pm:gaussian_noise:5"] > 0).all()
     assert {"disagree:gaussian_noise:1", "pm_ood", "acc_ood", "gap"} <= set(df.columns)
+    assert set(df["layers"]) == {"conv1,conv2,fc,logits"}  # network order
     # factor models: 2 replicates x (3 + 2), the base of each replicate shared by both
     # factors; plus the reference population (3 seeds, its seed 0 is the base again)
     assert len(list(store.models())) == 2 * (3 + 2) - 2 + 2

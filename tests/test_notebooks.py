@@ -100,7 +100,7 @@ def test_unknown_parameter_is_refused_with_the_allowed_ones(tmp_path):
 
 def test_unknown_profile_is_refused(tmp_path):
     path = paths.notebooks_dir() / "02_populations.ipynb"
-    with pytest.raises(ValueError, match="profile='tiny' is not allowed; choose one of: 'smoke', 'default', 'paper'"):
+    with pytest.raises(ValueError, match="profile='tiny' is not allowed; choose one of: 'smoke', 'smoke_multi', 'default', 'paper'"):
         book.execute(path, tmp_path / "o.ipynb", {"profile": "tiny"})
     with pytest.raises(ValueError, match="profile='tiny' is not allowed"):
         book.run_notebooks("tiny")
