@@ -97,3 +97,32 @@ def test_bad_arguments_are_named():
         R.multiplicity_report("models")
     with pytest.raises(ValueError, match="confidence"):
         R.confabulations(p, 1.5)
+
+
+def test_colour_images_are_shown_in_colour():
+    """CIFAR-10/SVHN inputs (N, 3, H, W) become (N, H, W, 3) thumbnails, given as
+    display images or rescaled from normalised model inputs, and the gallery draws
+    them as RGB; gray (N, 1, H, W) inputs become (N, H, W)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rmpm import plots
+    g = torch.Generator().manual_seed(0)
+    x01 = torch.rand((6, 3, 32, 32), generator=g)
+    p = _onehotish([[0, 1, 2, 1, 0, 2], [0, 1, 1, 1, 0, 2], [2, 1, 2, 1, 0, 0]])
+    rep = R.multiplicity_report(p, x01, [0, 1, 2, 1, 0, 2], n_boot=20, images=x01)
+    assert rep.images.shape == (6, 32, 32, 3)
+    np.testing.assert_allclose(rep.images[2], x01[2].permute(1, 2, 0).numpy(), atol=1e-7)
+    normalised = (x01 - 0.5) / 0.25
+    rep_x = R.multiplicity_report(p, normalised, n_boot=20)
+    assert rep_x.images.shape == (6, 32, 32, 3)
+    assert rep_x.images.min() == 0.0 and rep_x.images.max() == 1.0  # rescaled per image
+    gray = R.multiplicity_report(p, x01[:, :1], n_boot=20)
+    assert gray.images.shape == (6, 32, 32)
+    fig = plots.prediction_gallery(rep.images, p, [5, 2], labels=[0, 1, 2, 1, 0, 2], ncols=2)
+    drawn = [im.get_array() for ax in fig.axes for im in ax.get_images()]
+    assert [a.shape for a in drawn] == [(32, 32, 3)] * 2
+    plt.close("all")
+    fig = rep.figure()
+    assert any(im.get_array().ndim == 3 for ax in fig.axes for im in ax.get_images())
+    plt.close("all")
