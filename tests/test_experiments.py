@@ -66,3 +66,19 @@ def test_bad_names_are_refused():
         X.factor_populations(TINY, "mnist")
     with pytest.raises(ValueError, match="factor='width' is not allowed"):
         X.factor_populations(TINY, "digits", ["width"])
+
+
+def test_factor_table_for_a_resnet(store):
+    """The paper profile's CIFAR-10/SVHN path: ResNet probe layers (conv stages)
+    are evaluated, stored, reduced and measured, in network order."""
+    base = BASE.replace(arch="resnet", epochs=1, optimizer="sgd", lr=0.02)
+    prof = TINY.replace(name="tiny_resnet", base={"digits": base}, reference={"digits": base},
+                        factors={"init_seed": (0, 1, 2)}, replicates=1)
+    df = X.factor_table(prof, store=store, progress=False)
+    assert len(df) == 1 and df["n_models"].iloc[0] == 3
+    layers = df["layers"].iloc[0].split(",")
+    assert layers == ["stem", "stage1", "stage2", "stage3", "logits"]
+    assert all(0 < df[f"rm:{l}"].iloc[0] < 1 for l in layers)  # 3 seeds: some, not total, difference
+    assert df["pm:iid"].iloc[0] > 0
+    from rmpm.analysis import layer_names
+    assert layer_names(df) == layers
