@@ -187,8 +187,14 @@ def build_html(strict: bool = True) -> Path:
 
 def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
           clean: bool = False) -> Path:
-    """Execute all notebooks under ``profile`` and build the HTML book."""
-    get_profile(profile)
+    """Execute all notebooks under ``profile`` and build the HTML book.
+
+    First makes sure every data set of the profile can be loaded (see
+    :func:`rmpm.data.ensure`), so a missing one stops the build before any work.
+    """
+    p = get_profile(profile)
+    from .data import ensure
+    ensure(p.datasets)
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()

@@ -85,15 +85,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(plan_table(recipes, spec, args.store))
             return 0
+        from .data import ensure
+        ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
         results = run_recipes(recipes, spec, args.store, device=args.device)
         print(summary_table(results))
         return 0
     if args.command == "data":
         from . import data as D
-        for name in args.names:
-            for split in ("train", "test"):
-                s = D.load(name, split, download=False if args.offline else None)
-                print(f"{name} {split}: {s.n} images of shape {tuple(s.x.shape[1:])}")
+        sizes = D.ensure(args.names, download=False if args.offline else None)
+        for name, (n_train, n_test) in sizes.items():
+            print(f"{name}: {n_train} training and {n_test} test images")
         return 0
     if args.command == "store":
         from .store import Store

@@ -38,6 +38,7 @@ import functools
 import gzip
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,30 @@ def load(name: str, split: str = "train", root: str | os.PathLike | None = None,
     root = Path(root if root is not None else paths.data_root()).expanduser().resolve()
     fashion_dir = _fashion_mnist_dir() if name == "fashion_mnist" else None
     return _load_cached(name, split, str(root), download, fashion_dir)
+
+
+def ensure(names: Sequence[str], download: bool | None = None) -> dict[str, tuple[int, int]]:
+    """Make sure both splits of every data set in ``names`` can be loaded (fetching
+    missing files unless ``download=False``); returns name -> (train size, test size).
+
+    Long runs call this first, so that a data set that cannot be had stops the run
+    at its start, not after hours of training on the others. Every failure is
+    reported, in one ``RuntimeError``. The loaded tensors are not kept.
+    """
+    sizes: dict[str, tuple[int, int]] = {}
+    problems: list[str] = []
+    for name in dict.fromkeys(names):
+        check_choice("name", name, DATASETS)
+        try:
+            sizes[name] = (load(name, "train", download=download).n,
+                           load(name, "test", download=download).n)
+        except (RuntimeError, OSError, ValueError) as e:
+            problems.append(f"- {name}: {e}")
+    clear_cache()  # the caller's workers load what they need themselves
+    if problems:
+        raise RuntimeError(f"{len(problems)} of the data sets this run needs cannot be "
+                           "loaded:\n" + "\n".join(problems))
+    return sizes
 
 
 def clear_cache() -> None:

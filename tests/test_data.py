@@ -298,3 +298,43 @@ def test_sample_indices():
         data.sample_indices(500, 5, seed=-1)
     with pytest.raises(ValueError, match="n=0"):
         data.sample_indices(0, 5, seed=0)
+
+
+def _without(monkeypatch, missing):
+    real = data.load
+
+    def load(name, split="train", root=None, download=None):
+        if name == missing:
+            raise RuntimeError(f"data set {name!r} is missing (test)")
+        return real(name, split, root, download)
+
+    monkeypatch.setattr(data, "load", load)
+
+
+def test_ensure_reports_every_missing_data_set(tmp_path, monkeypatch):
+    assert data.ensure(["digits", "digits"]) == {"digits": (1438, 359)}
+    monkeypatch.setenv("RMPM_DATA", str(tmp_path))
+    monkeypatch.setenv("RMPM_FASHION_MNIST_DIR", str(tmp_path / "none"))
+    with pytest.raises(RuntimeError) as e:
+        data.ensure(["mnist", "digits", "fashion_mnist"], download=False)
+    msg = str(e.value)
+    assert msg.startswith("2 of the data sets this run needs cannot be loaded")
+    assert "- mnist: " in msg and "- fashion_mnist: " in msg and "digits" not in msg
+    with pytest.raises(ValueError, match="name='imagenet' is not allowed"):
+        data.ensure(["imagenet"])
+
+
+def test_long_runs_stop_before_any_work_when_a_data_set_is_missing(tmp_path, monkeypatch, capsys):
+    """smoke_multi needs digits: with digits missing neither the book build nor
+    training starts (no notebook executed, nothing trained)."""
+    from rmpm import book
+    from rmpm.cli import main
+    _without(monkeypatch, "digits")
+    ran = []
+    monkeypatch.setattr(book, "run_notebooks", lambda *a, **k: ran.append(a))
+    with pytest.raises(RuntimeError, match="- digits: data set 'digits' is missing"):
+        book.build("smoke_multi")
+    assert ran == []
+    assert main(["train", "--profile", "smoke_multi", "--store", str(tmp_path)]) == 2
+    assert "- digits: data set 'digits' is missing" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
