@@ -92,7 +92,7 @@ def run_case(name, acts, keep, **kw):
     print(f"{name}: {n_models} models x {shape}, keep={keep}, dims kept (first 2 models) {dims}")
     print(f"  all-pairs (reduce once, batched): {t_fast:8.3f} s")
     print(f"  pairwise baseline (SVD per pair): {t_slow:8.3f} s   "
-          f"({n_models * (n_models - 1) // 2} pairs)")
+          f"({P} pairs)")
     print(f"  speed-up {t_slow / t_fast:7.1f}x   max |difference| {diff:.2e}   "
           f"mean SVCCA {fast[np.triu_indices(n_models, 1)].mean():.4f}")
     print(f"  cost model: reduce one model {1e3 * t_s:.1f} ms, one pair's product + svdvals "

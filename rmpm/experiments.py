@@ -16,9 +16,8 @@ import pandas as pd
 from ._checks import check_choice
 from .evaluate import EvalSpec, pred_key
 from .profiles import Profile, get_profile
-from .recipe import FACTORS, Population, Recipe, unique_recipes, vary
+from .recipe import FACTORS, Population, Recipe, dedupe, unique_recipes, vary
 from .runs import RunResult, run_recipes
-from .runs import shard as shard_recipes
 from .store import Store
 
 
@@ -65,22 +64,15 @@ def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = Non
         if not reference_only:
             for pops in factor_populations(p, ds, factors).values():
                 recipes += unique_recipes(pops)
-    return list({r.key(): r for r in recipes}.values())
+    return dedupe(recipes)
 
 
 def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
                   factors: Sequence[str] | None = None, reference_only: bool = False,
                   device: str = "auto", store: Store | str | None = None,
-                  progress: bool = True, shard: tuple[int, int] | None = None
-                  ) -> list[RunResult]:
-    """Train and evaluate every model the profile's experiments need (resumable).
-
-    ``shard=(i, n)`` runs only part ``i`` of ``n`` (see :func:`rmpm.runs.shard`), for
-    n jobs that share one store.
-    """
+                  progress: bool = True) -> list[RunResult]:
+    """Train and evaluate every model the profile's experiments need (resumable)."""
     recipes = profile_recipes(profile, datasets, factors, reference_only)
-    if shard is not None:
-        recipes = shard_recipes(recipes, *shard)
     return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress)
 
 

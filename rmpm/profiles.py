@@ -71,14 +71,16 @@ def _register(p: Profile) -> None:
     PROFILES[p.name] = p
 
 
+_SMOKE_FMNIST = Recipe(dataset="fashion_mnist", arch="cnn", width=8, epochs=1, batch_size=64,
+                       lr=2e-3, train_size=2000)
+_SMOKE_DIGITS = Recipe(dataset="digits", arch="mlp", width=32, epochs=3, batch_size=64, lr=2e-3)
+
 _register(Profile(
     name="smoke",
     description="CI smoke test: tiny subset of Fashion-MNIST, 1 epoch, 2 replicates",
     datasets=("fashion_mnist",),
-    base={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=8, epochs=1,
-                                  batch_size=64, lr=2e-3, train_size=2000)},
-    reference={"fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=8, epochs=1,
-                                       batch_size=64, lr=2e-3, train_size=2000)},
+    base={"fashion_mnist": _SMOKE_FMNIST},
+    reference={"fashion_mnist": _SMOKE_FMNIST},
     factors={k: v[:2] for k, v in ALL_FACTORS_SMALL.items()},
     replicates=2,
     reference_seeds=3,
@@ -101,12 +103,8 @@ _register(PROFILES["smoke"].replace(
     description="CI check of the cross-data-set code: smoke's tiny CNNs on Fashion-MNIST "
                 "and small MLPs on scikit-learn's 8x8 digits (both offline)",
     datasets=("fashion_mnist", "digits"),
-    base={**PROFILES["smoke"].base,
-          "digits": Recipe(dataset="digits", arch="mlp", width=32, epochs=3, batch_size=64,
-                           lr=2e-3)},
-    reference={**PROFILES["smoke"].reference,
-               "digits": Recipe(dataset="digits", arch="mlp", width=32, epochs=3,
-                                batch_size=64, lr=2e-3)},
+    base={**PROFILES["smoke"].base, "digits": _SMOKE_DIGITS},
+    reference={**PROFILES["smoke"].reference, "digits": _SMOKE_DIGITS},
 ))
 
 _register(Profile(

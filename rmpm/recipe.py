@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -197,10 +198,14 @@ def vary(base: Recipe, factor: str, values: tuple[Any, ...] | list[Any],
     return pops
 
 
+def dedupe(recipes: Iterable[Recipe]) -> list[Recipe]:
+    """Each distinct recipe (by :meth:`Recipe.key`) once, in first-seen order."""
+    seen: dict[str, Recipe] = {}
+    for r in recipes:
+        seen.setdefault(r.key(), r)
+    return list(seen.values())
+
+
 def unique_recipes(pops: list[Population]) -> list[Recipe]:
     """All recipes of ``pops`` once each, in first-seen order (populations share the base)."""
-    seen: dict[str, Recipe] = {}
-    for p in pops:
-        for r in p.recipes:
-            seen.setdefault(r.key(), r)
-    return list(seen.values())
+    return dedupe(r for p in pops for r in p.recipes)

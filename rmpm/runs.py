@@ -18,7 +18,7 @@ import torch
 from ._checks import check_choice, check_range
 from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
-from .recipe import Recipe
+from .recipe import Recipe, dedupe
 from .store import EvalEntry, ModelEntry, Store
 from .train import TrainData, TrainResult, fit, prepare, resolve_device
 
@@ -93,7 +93,7 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     dev = resolve_device(device)
     engine = resolve_engine(engine, dev)
     check_range("eval_chunk", eval_chunk, 1, integer=True)
-    unique = list({r.key(): r for r in recipes}.values())
+    unique = dedupe(recipes)
     data_cache: dict[str, TrainData] = {}
     out: dict[str, RunResult] = {}
     todo = [r for r in unique if not (store.has_model(r) and store.has_eval(r, spec.key()))]
@@ -172,7 +172,7 @@ def shard(recipes: Sequence[Recipe], index: int, count: int) -> list[Recipe]:
     """
     check_range("shard count", count, 1, integer=True)
     check_range("shard index", index, 0, count - 1, integer=True)
-    unique = list({r.key(): r for r in recipes}.values())
+    unique = dedupe(recipes)
     return unique[index::count]
 
 
@@ -183,7 +183,7 @@ def plan_table(recipes: Sequence[Recipe], spec: EvalSpec,
     evaluated under ``spec``, and the model-epochs left to train."""
     store = store if isinstance(store, Store) else Store(store)
     skey = spec.key()
-    unique = list({r.key(): r for r in recipes}.values())
+    unique = dedupe(recipes)
     groups: dict[tuple[str, str], list[Recipe]] = {}
     for r in unique:
         groups.setdefault((r.dataset, r.arch), []).append(r)
