@@ -193,8 +193,9 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
     :func:`rmpm.data.ensure`), so a missing one stops the build before any work.
     """
     p = get_profile(profile)
-    from .data import ensure
+    from .data import clear_cache, ensure
     ensure(p.datasets)
+    clear_cache()  # the notebooks' kernels load what they need; this process needs none
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()

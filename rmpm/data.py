@@ -145,7 +145,8 @@ def ensure(names: Sequence[str], download: bool | None = None) -> dict[str, tupl
 
     Long runs call this first, so that a data set that cannot be had stops the run
     at its start, not after hours of training on the others. Every failure is
-    reported, in one ``RuntimeError``. The loaded tensors are not kept.
+    reported, in one ``RuntimeError``. The splits stay in :func:`load`'s cache, so
+    a run in this process does not read them again; :func:`clear_cache` frees them.
     """
     sizes: dict[str, tuple[int, int]] = {}
     problems: list[str] = []
@@ -156,7 +157,6 @@ def ensure(names: Sequence[str], download: bool | None = None) -> dict[str, tupl
                            load(name, "test", download=download).n)
         except (RuntimeError, OSError, ValueError) as e:
             problems.append(f"- {name}: {e}")
-    clear_cache()  # the caller's workers load what they need themselves
     if problems:
         raise RuntimeError(f"{len(problems)} of the data sets this run needs cannot be "
                            "loaded:\n" + "\n".join(problems))
