@@ -1,162 +1,206 @@
-"""Verdicts on the paper's claims, computed from the result files of the chapters.
+"""Verdicts on the paper's claims, from the typed evidence the chapters saved.
 
-Each verdict is a pure function of the numbers a chapter saved (see
-:mod:`rmpm.results`), so the Claims page is generated, never typed by hand,
-and the rules are tested. The rules and thresholds are ours (the paper states
-its claims qualitatively); they are arguments with defaults so a reader can
-apply stricter ones.
+Each chapter computes its claim's evidence with :mod:`rmpm.decisions` and saves
+it (``to_dict``) in its result file under the key ``"evidence"``; the Claims
+page reads it back with the strict ``from_dict`` (a missing or renamed field is
+an error, not a silent change of verdict) and applies the rules below. The
+rules are ours (the paper states its claims qualitatively). Each verdict level
+is a test decision whose false-positive rate under the claim's null is at most
+``alpha``; :mod:`rmpm.calibration` measures it by simulation through this code.
 
-Verdicts: ``"supported"``, ``"partly"``, ``"not supported"``, or
-``"not tested"`` when the chapter's result is missing.
+Levels: ``"supported"``, ``"partly"``, ``"not supported"``; ``"not tested"``
+when the chapter's result is missing; ``"not evidence"`` for the toy profiles,
+whose numbers only show that the pipeline runs.
+
+* **C1** partly: the factor ranking of chance-adjusted hidden-layer RM agrees
+  across (data set, replicate) blocks (permutation p < alpha). Supported: also
+  across data sets (data sets as blocks, p < alpha); so with one data set at
+  most partly.
+* **C2** three predictions (small-sample RM -> OOD accuracy and small-sample PM
+  -> OOD accuracy, each beyond small-sample accuracy; small-sample RM -> OOD PM
+  beyond small-sample PM). Partly: the smallest p < alpha/3 (Holm's first
+  step, so the family-wise rate is at most alpha). Supported: all three p <
+  alpha with the expected sign in every leave-one-data-set-out estimate.
+* **C3** RM vs PM on i.i.d. and OOD inputs. Partly: the smaller p < alpha/2
+  (Bonferroni). Supported: both p < alpha, the expected sign leaving out any
+  data set, and the paper's four data sets in the build (else capped at partly).
+* **C4** the premise of the recommendation: equally good models disagree beyond
+  what their accuracy differences imply, by more than ``threshold`` of inputs.
+  Partly: i.i.d. or OOD p < alpha/2. Supported: both p < alpha.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED, PARTLY, NOT_SUPPORTED, NOT_TESTED = "supported", "partly", "not supported", "not tested"
+from .decisions import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
+    ExcessDisagreement, direction_holds
+
+SUPPORTED, PARTLY, NOT_SUPPORTED = "supported", "partly", "not supported"
+NOT_TESTED, NOT_EVIDENCE = "not tested", "not evidence"
 N_PAPER_DATASETS = 4
+
+CLAIMS = {
+    "C1": "C1: some training differences give systematically larger RM",
+    "C2": "C2: RM/PM on a finite sample predict generalisation",
+    "C3": "C3: RM correlates with PM on i.i.d. and OOD data",
+    "C4": "C4: multiplicity should be exposed, not eliminated",
+}
+#: The chapter whose result file holds each claim's evidence.
+CHAPTER = {"C1": "03_rm_by_factor", "C2": "06_finite_samples", "C3": "05_rm_vs_pm",
+           "C4": "07_exposing_multiplicity"}
+EVIDENCE_TYPE = {"C1": C1Evidence, "C2": C2Evidence, "C3": C3Evidence, "C4": C4Evidence}
 
 
 @dataclass(frozen=True)
 class Verdict:
     claim: str
     verdict: str
-    result: str     # the numbers, with intervals
+    result: str     # the numbers, with intervals and p-values
     evidence: str   # why this verdict, in one or two sentences
 
 
-def _ci(d: dict[str, Any] | None, key: str = "estimate", digits: int = 3) -> str:
-    if not d:
+def _num(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _assoc(a: Association | None) -> str:
+    if a is None:
         return "n/a"
-    est = d.get(key, d.get("r"))
-    if est is None:
-        return "n/a"
-    return f"{est:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+    return (f"ρ = {_num(a.estimate, '.2f')} [{_num(a.low, '.2f')}, {_num(a.high, '.2f')}], "
+            f"p = {_p(a.p_value)}")
 
 
-def _excludes_zero(c: dict[str, Any] | None, sign: int = +1) -> bool:
-    """True if the interval lies strictly on the ``sign`` side of zero."""
-    if not c or c.get("low") is None or c.get("high") is None:
-        return False
-    return c["low"] > 0 if sign > 0 else c["high"] < 0
+def _sig(p: float | None, level: float) -> bool:
+    return p is not None and p < level
 
 
-def _cap_for_datasets(verdict: str, n_datasets: int, evidence: str) -> tuple[str, str]:
-    if verdict == SUPPORTED and n_datasets < N_PAPER_DATASETS:
-        return PARTLY, (evidence + f" Only {n_datasets} of the paper's {N_PAPER_DATASETS} data "
-                        "sets were in this build, so the claim as stated is at most partly tested.")
-    return verdict, evidence
-
-
-def verdict_c1(r: dict[str, Any] | None, alpha: float = 0.05) -> Verdict:
-    """C1: some training differences give systematically larger RM than others.
-
-    Supported when the highest- and lowest-RM factors have separated
-    bootstrap intervals *and* the factor ranking agrees across blocks
-    (Friedman test p < alpha; its permutation p-value when the chapter saved
-    one, since the chi-square approximation is poor with few blocks); partly
-    when only one of the two holds.
-    """
-    claim = "C1: some training differences give systematically larger RM"
-    if r is None:
+def verdict_c1(ev: C1Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C1"]
+    if ev is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 3 has not been executed.")
-    fr = r.get("friedman") or {}
-    # with few blocks the chi-square p-value is poor; prefer the permutation one
-    p = fr.get("pvalue_permutation", fr.get("pvalue"))
-    w = fr.get("kendalls_w")
-    separated = bool(r.get("top_vs_bottom_separated"))
-    consistent = p is not None and p < alpha
-    ranking = r.get("ranking", [])
-    rm = r.get("rm_by_factor", {})
-    top, bottom = (ranking[0], ranking[-1]) if ranking else ("?", "?")
-    result = (f"largest RM: {top} {_ci(rm.get(top))}; smallest: {bottom} {_ci(rm.get(bottom))}; "
-              f"Friedman p = {p if p is None else f'{p:.3g}'}, Kendall's W = "
-              f"{w if w is None else f'{w:.2f}'} over {fr.get('n_blocks')} blocks")
-    verdict = SUPPORTED if separated and consistent else PARTLY if separated or consistent \
-        else NOT_SUPPORTED
-    evidence = (f"Top and bottom factors' intervals {'are' if separated else 'are not'} separated; "
-                f"the ranking {'is' if consistent else 'is not shown to be'} consistent across "
-                f"blocks at alpha = {alpha}.")
+    top, bottom = ev.ranking[0], ev.ranking[-1]
+    result = (f"largest {ev.value}: {top} ({ev.means[top]:.3f}), smallest: {bottom} "
+              f"({ev.means[bottom]:.3f}); Kendall's W = {_num(ev.kendalls_w, '.2f')} over "
+              f"{ev.n_blocks} blocks, permutation p = {_p(ev.p_value)}"
+              + (f"; across {ev.n_datasets} data sets p = {_p(ev.p_datasets)}"
+                 if ev.n_datasets >= 2 else ""))
+    blocks = _sig(ev.p_value, alpha)
+    datasets = ev.n_datasets >= 2 and _sig(ev.p_datasets, alpha)
+    verdict = SUPPORTED if blocks and datasets else PARTLY if blocks else NOT_SUPPORTED
+    evidence = (f"The factor ranking {'agrees' if blocks else 'is not shown to agree'} across "
+                f"blocks at alpha = {alpha}" +
+                (f"; across data sets it {'agrees' if datasets else 'is not shown to agree'}."
+                 if ev.n_datasets >= 2 else
+                 "; with one data set, 'the same on every data set' cannot be tested, so at "
+                 "most partly."))
     return Verdict(claim, verdict, result, evidence)
 
 
-def verdict_c2(r: dict[str, Any] | None) -> Verdict:
-    """C2: RM and PM measured on a finite sample predict generalisation.
-
-    Four predictions are checked (RM and PM from a small i.i.d. sample, against
-    OOD accuracy and against OOD PM). Higher multiplicity is expected to go with
-    *lower* OOD accuracy and *higher* OOD PM. Supported when all four rank
-    correlations have intervals excluding zero in the expected direction;
-    partly when at least one does.
-    """
-    claim = "C2: RM/PM on a finite sample predict generalisation"
-    if r is None:
+def verdict_c2(ev: C2Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C2"]
+    if ev is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 6 has not been executed.")
-    acc, pm = r.get("predict_ood_acc", {}), r.get("predict_ood_pm", {})
-    checks = {"RM → OOD accuracy": (acc.get("rm"), -1), "PM → OOD accuracy": (acc.get("pm"), -1),
-              "RM → OOD PM": (pm.get("rm"), +1), "i.i.d. PM → OOD PM": (pm.get("pm_iid"), +1)}
-    ok = [name for name, (c, s) in checks.items() if _excludes_zero(c, s)]
-    result = "; ".join(f"{name}: ρ = {_ci(c)}" for name, (c, _) in checks.items()) + \
-        f" (sample of {r.get('small_sample_size')} inputs, {r.get('n_populations')} populations)"
-    verdict = SUPPORTED if len(ok) == len(checks) else PARTLY if ok else NOT_SUPPORTED
-    evidence = (f"{len(ok)} of {len(checks)} predictions have a rank correlation whose interval "
-                f"excludes zero in the expected direction" + (f": {', '.join(ok)}." if ok else "."))
+    checks = {"RM → OOD accuracy (beyond accuracy)": ev.rm_acc,
+              "PM → OOD accuracy (beyond accuracy)": ev.pm_acc,
+              "RM → OOD PM (beyond i.i.d. PM)": ev.rm_pm}
+    result = "; ".join(f"{k}: {_assoc(a)}" for k, a in checks.items()) + \
+        f" (small sample of {ev.n_small} inputs; baseline accuracy → OOD accuracy {_assoc(ev.baseline)})"
+    if any(a is None for a in checks.values()):
+        return Verdict(claim, NOT_TESTED, result, "No OOD targets were stored (no corruptions).")
+    ps = [a.p_value for a in checks.values()]
+    any_sig = any(_sig(p, alpha / len(ps)) for p in ps)
+    all_sig = all(_sig(p, alpha) for p in ps) and all(direction_holds(a) for a in checks.values())
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    ok = [k for k, a in checks.items() if _sig(a.p_value, alpha / len(ps))]
+    evidence = (f"{len(ok)} of {len(ps)} predictions hold beyond the small-sample baseline at "
+                f"alpha = {alpha} (Holm-corrected)" + (f": {', '.join(ok)}." if ok else "."))
     return Verdict(claim, verdict, result, evidence)
 
 
-def verdict_c3(r: dict[str, Any] | None, n_datasets: int) -> Verdict:
-    """C3: RM correlates with PM, on i.i.d. and on OOD data.
-
-    Uses the pooled Spearman correlations across populations. Supported when
-    both intervals lie above zero, partly when one does; capped at partly when
-    the build had fewer than the paper's four data sets.
-    """
-    claim = "C3: RM correlates with PM on i.i.d. and OOD data"
-    if r is None:
+def verdict_c3(ev: C3Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C3"]
+    if ev is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 5 has not been executed.")
-    pooled = r.get("pooled", {})
-    iid = (pooled.get("iid") or {}).get("spearman")
-    ood = (pooled.get("ood") or {}).get("spearman")
-    pos = [name for name, c in (("i.i.d.", iid), ("OOD", ood)) if _excludes_zero(c, +1)]
-    result = (f"Spearman ρ(RM, PM) i.i.d. {_ci(iid)}, OOD {_ci(ood)} over "
-              f"{r.get('n_populations')} populations")
-    verdict = SUPPORTED if len(pos) == 2 else PARTLY if pos else NOT_SUPPORTED
-    evidence = (f"Positive correlation with interval above zero on: {', '.join(pos) or 'neither'}.")
-    verdict, evidence = _cap_for_datasets(verdict, n_datasets, evidence)
+    result = (f"within-data-set Spearman of RM with i.i.d. PM {_assoc(ev.iid)}; with OOD PM "
+              f"{_assoc(ev.ood)}; {ev.iid.n_factors} factors x {ev.n_datasets} data set(s)")
+    tests = [a for a in (ev.iid, ev.ood) if a is not None]
+    ps = [a.p_value for a in tests]
+    any_sig = any(_sig(p, alpha / len(ps)) for p in ps)
+    all_sig = len(tests) == 2 and all(_sig(p, alpha) for p in ps) and \
+        all(direction_holds(a) for a in tests)
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    pos = [n for n, a in (("i.i.d.", ev.iid), ("OOD", ev.ood))
+           if a is not None and _sig(a.p_value, alpha / len(ps))]
+    evidence = f"Positive association beyond chance (Bonferroni) on: {', '.join(pos) or 'neither'}."
+    if verdict == SUPPORTED and ev.n_datasets < N_PAPER_DATASETS:
+        verdict = PARTLY
+        evidence += (f" Only {ev.n_datasets} of the paper's {N_PAPER_DATASETS} data sets were in "
+                     "this build, so the claim as stated is at most partly tested.")
     return Verdict(claim, verdict, result, evidence)
 
 
-def verdict_c4(r: dict[str, Any] | None, min_disputed: float = 0.01,
-               max_acc_range: float = 0.02) -> Verdict:
-    """C4: RM should be measured and exposed, not eliminated.
+def _excess(e: ExcessDisagreement | None) -> str:
+    if e is None:
+        return "n/a"
+    return (f"{100 * e.estimate:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}] of inputs "
+            f"(churn {100 * e.churn:.1f}% − accuracy gap {100 * e.accuracy_gap:.1f}%), "
+            f"p = {_p(e.p_value)}")
 
-    A recommendation, not a testable statement; what can be tested is its
-    premise: equally accurate models (test accuracies within ``max_acc_range``)
-    still disagree on a non-negligible share of inputs (≥ ``min_disputed``),
-    which accuracy alone would hide. Supported when both hold; partly when
-    models disagree but are not equally accurate.
-    """
-    claim = "C4: multiplicity should be exposed, not eliminated"
-    if r is None:
+
+def verdict_c4(ev: C4Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C4"]
+    if ev is None:
         return Verdict(claim, NOT_TESTED, "n/a", "Chapter 7 has not been executed.")
-    d, d_ood, rng = r.get("frac_inputs_disputed"), r.get("frac_inputs_disputed_ood"), r.get("acc_range")
-    result = (f"{r.get('n_models')} models with test accuracies (whole test split) within {rng:.3f} disagree on "
-              f"{100 * d:.1f}% of i.i.d. inputs" +
-              (f" and {100 * d_ood:.1f}% of corrupted inputs" if d_ood is not None else ""))
-    disputed = d is not None and d >= min_disputed
-    equal = rng is not None and rng <= max_acc_range
-    verdict = SUPPORTED if disputed and equal else PARTLY if disputed else NOT_SUPPORTED
-    evidence = ("The premise is tested, not the recommendation: " +
-                ("equally accurate models disagree on inputs that accuracy does not reveal."
-                 if verdict == SUPPORTED else
-                 "models disagree, but are not equally accurate at this profile's size."
-                 if verdict == PARTLY else "the models did not disagree on enough inputs."))
+    e = ev.iid
+    result = (f"{e.n_models} models (test accuracies within {ev.acc_range:.3f}): excess "
+              f"disagreement on i.i.d. inputs {_excess(e)}; on corrupted inputs {_excess(ev.ood)}")
+    tests = [x for x in (ev.iid, ev.ood) if x is not None]
+    any_sig = any(_sig(x.p_value, alpha / len(tests)) for x in tests)
+    all_sig = len(tests) == 2 and all(_sig(x.p_value, alpha) for x in tests)
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    evidence = ("The premise is tested, not the recommendation: models disagree on more than "
+                f"{100 * e.threshold:g}% of inputs beyond what their accuracy differences imply "
+                + ("on i.i.d. and corrupted inputs." if verdict == SUPPORTED else
+                   "on only one of i.i.d. and corrupted inputs." if verdict == PARTLY else
+                   "on neither i.i.d. nor corrupted inputs, at this population's size."))
     return Verdict(claim, verdict, result, evidence)
 
 
-def all_verdicts(results_by_name: dict[str, dict[str, Any] | None], n_datasets: int) -> list[Verdict]:
-    """Verdicts for C1–C4 from the ``values`` of the chapters' result files."""
-    g = results_by_name.get
-    return [verdict_c1(g("03_rm_by_factor")), verdict_c2(g("06_finite_samples")),
-            verdict_c3(g("05_rm_vs_pm"), n_datasets), verdict_c4(g("07_exposing_multiplicity"))]
+RULES = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4}
+
+
+def evidence_from_results(results_by_chapter: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """Each claim's typed evidence from the chapters' result ``values`` (None where
+    the chapter did not run). A result without a well-formed ``"evidence"``
+    record raises: a renamed field must fail, not change a verdict."""
+    out = {}
+    for c, chapter in CHAPTER.items():
+        r = results_by_chapter.get(chapter)
+        if r is None:
+            out[c] = None
+            continue
+        if "evidence" not in r:
+            raise KeyError(f"result {chapter!r} has no 'evidence' record; rerun the chapter")
+        out[c] = EVIDENCE_TYPE[c].from_dict(r["evidence"])
+    return out
+
+
+def all_verdicts(results_by_chapter: dict[str, dict[str, Any] | None], alpha: float = ALPHA,
+                 evidence: bool = True) -> list[Verdict]:
+    """Verdicts for C1-C4 from the chapters' result ``values``. With ``evidence=False``
+    (a toy profile) every tested claim is "not evidence": its numbers are shown,
+    no verdict."""
+    ev = evidence_from_results(results_by_chapter)
+    out = []
+    for c, rule in RULES.items():
+        v = rule(ev[c], alpha)
+        if not evidence and v.verdict != NOT_TESTED:
+            v = Verdict(v.claim, NOT_EVIDENCE, v.result,
+                        "Toy profile: these numbers only show that the pipeline runs; no verdict.")
+        out.append(v)
+    return out

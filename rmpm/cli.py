@@ -5,6 +5,7 @@ Commands:
   train     train (and evaluate) a profile's model populations, resumably
   data      make sure a data set is present (offline files or download)
   store     list the store or sweep temporary folders left by killed runs
+  calibrate false-positive rate and power of every verdict rule, by simulation
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="+", help="data set names")
     p.add_argument("--offline", action="store_true",
                    help="never download (default: use local files, download what is missing)")
+
+    p = sub.add_parser("calibrate", help="false-positive rate and power of the verdict rules "
+                                         "for a profile's design, by simulation")
+    _add_profile(p)
+    p.add_argument("--n-sim", type=int, default=500, help="simulations per scenario (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.05)
 
     p = sub.add_parser("store", help="inspect the result store")
     p.add_argument("action", choices=["ls", "sweep"])
@@ -95,6 +103,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         sizes = D.ensure(args.names, download=False if args.offline else None)
         for name, (n_train, n_test) in sizes.items():
             print(f"{name}: {n_train} training and {n_test} test images")
+        return 0
+    if args.command == "calibrate":
+        from .calibration import calibrate, design, summary_table
+        from ._checks import check_range
+        check_range("--n-sim", args.n_sim, 1, integer=True)
+        check_range("--alpha", args.alpha, 0.0, 1.0, lo_open=True)
+        d = design(args.profile)
+        print(f"profile {args.profile}: {d.n_datasets} data set(s) x {d.replicates} replicates x "
+              f"{len(d.factors)} factors; {d.n_models} reference models on {d.n_inputs} inputs; "
+              f"{args.n_sim} simulations per scenario, alpha = {args.alpha}")
+        cal = calibrate(d, n_sim=args.n_sim, seed=args.seed, alpha=args.alpha, progress=True)
+        import pandas as pd
+        with pd.option_context("display.width", 200, "display.max_colwidth", 70):
+            print(summary_table(cal).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        bad = cal[cal["required"] & (cal["rate"] > args.alpha + 2 * cal["se"])]
+        if len(bad):
+            print("false-positive rate above alpha (beyond 2 SE):", file=sys.stderr)
+            print(bad.to_string(index=False), file=sys.stderr)
+            return 1
         return 0
     if args.command == "store":
         from .store import Store

@@ -361,17 +361,19 @@ def subset_indices(n: int, size: int | None = None, seed: int = 0,
 
 
 def sample_indices(n: int, size: int | None, seed: int = 0) -> torch.Tensor:
-    """A sorted random sample of ``size`` distinct indices of ``range(n)``.
+    """A uniform random sample of ``size`` distinct indices of ``range(n)``, in
+    random order (a seeded permutation's prefix).
 
-    For evaluation and probe subsets of a test set. Samples are *nested*: for
-    one (n, seed), the sample of size k is contained in the sample of any
-    size > k, so growing the sample only adds inputs (handy when asking how
-    many inputs an estimate needs). ``size=None`` means all of ``range(n)``.
+    For evaluation and probe subsets of a test set. Every *prefix* of the result
+    is itself a uniform random sample (so the first ``n_probe`` inputs of an
+    evaluation sample are, and so is a small sample taken as a prefix), and
+    samples are *nested*: for one (n, seed), the sample of size k is the first k
+    entries of the sample of any size > k. ``size=None`` means all of
+    ``range(n)`` in random order. Callers that need only the set sort it.
     """
     n = _check_n(n)
     seed = _check_seed(seed)
-    if size is None:
-        return torch.arange(n)
-    size = check_range("size", size, 1, n, integer=True)
+    if size is not None:
+        size = check_range("size", size, 1, n, integer=True)
     perm = torch.randperm(n, generator=_generator("sample", seed, n))
-    return perm[:size].sort().values
+    return perm if size is None else perm[:size]

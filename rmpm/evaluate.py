@@ -87,6 +87,15 @@ def pred_key(kind: str = "iid", severity: int | None = None) -> str:
     return "probs:iid" if kind == "iid" else f"probs:{kind}:{severity}"
 
 
+def shift_of(key: str) -> tuple[str, int]:
+    """``(kind, severity)`` of a shifted prediction key ``probs:<kind>:<severity>``
+    (the inverse of :func:`pred_key`)."""
+    bits = key.split(":")
+    if len(bits) != 3 or bits[0] != "probs":
+        raise ValueError(f"{key!r} is not a shifted prediction key 'probs:<kind>:<severity>'")
+    return bits[1], int(bits[2])
+
+
 @torch.no_grad()
 def _probs(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int = 1000) -> np.ndarray:
     out = [F.softmax(model(x[i:i + bs].to(device)).float(), dim=1).cpu()
@@ -102,9 +111,11 @@ def reduce_activations(acts: dict[str, torch.Tensor], spec: EvalSpec) -> dict[st
         if a.dim() == 4:
             n = a.shape[0]
             out[f"act:{layer}:pool"] = flatten_conv(a, mode="pool").numpy().astype(np.float32)
-            pos = flatten_conv(a, mode="positions", max_points=n * spec.positions_per_input,
-                               seed=spec.sample_seed)
+            pos, owner = flatten_conv(a, mode="positions", max_points=n * spec.positions_per_input,
+                                      seed=spec.sample_seed, return_inputs=True)
             out[f"act:{layer}:positions"] = np.asarray(pos, dtype=np.float32)
+            # which probe input each row comes from: resampling draws inputs, not rows
+            out[f"rows:{layer}:positions"] = np.asarray(owner, dtype=np.int32)
         else:
             out[f"act:{layer}"] = a.reshape(a.shape[0], -1).numpy().astype(np.float32)
     return out

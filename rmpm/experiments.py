@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_choice
-from .evaluate import EvalSpec, pred_key
+from .evaluate import EvalSpec, pred_key, shift_of
 from .profiles import Profile, get_profile
 from .recipe import FACTORS, Population, Recipe, dedupe, unique_recipes, vary
 from .runs import RunResult, run_recipes
@@ -115,6 +115,13 @@ class PopulationData:
             raise KeyError(f"no activations for layer {layer!r}; layers: {', '.join(self.layers())}")
         return [a[key] for a in self.arrays]
 
+    def row_inputs(self, layer: str, conv: str = "pool") -> np.ndarray | None:
+        """For ``conv="positions"`` on a conv layer: the probe input of every row of
+        :meth:`activations` (rows are (input, position) pairs); else None (row i
+        is input i)."""
+        key = f"rows:{layer}:{conv}"
+        return self.arrays[0][key] if key in self.arrays[0] else None
+
 
 def load_population(results_or_recipes: Sequence[RunResult] | Sequence[Recipe] | Population,
                     profile: str | Profile | None = None,
@@ -148,37 +155,78 @@ def describe_recipe_difference(recipes: Sequence[Recipe]) -> dict[str, list[Any]
 
 # -- per-population RM and PM, the table every results chapter starts from ----
 
+#: The output layer. Its RM measures differences in the predictions themselves,
+#: so verdicts use RM over the hidden layers and logits are reported apart.
+LOGITS = "logits"
+#: Seed of the row permutations that give SVCCA's small-sample floor.
+NULL_SEED = 7
+
+
+def hidden_layers(layers: Sequence[str]) -> list[str]:
+    """``layers`` without the logits layer (all of them if that leaves none)."""
+    h = [layer for layer in layers if layer != LOGITS]
+    return h or list(layers)
+
+
+def permuted_rows(acts: Sequence[np.ndarray], seed: int = NULL_SEED) -> list[np.ndarray]:
+    """Every model's rows permuted independently (seeded): the pairing of inputs
+    across models is broken while each model keeps its own activation spectrum,
+    so SVCCA between them is what *unrelated* representations of the same
+    dimensions score on this many inputs (the small-sample floor)."""
+    rng = np.random.default_rng(seed)
+    return [np.asarray(a)[rng.permutation(len(a))] for a in acts]
+
+
 def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "pool",
                         cross_checks: bool = True) -> dict[str, Any]:
-    """RM (per layer and mean over layers) and PM (i.i.d. and every shift) of one population.
+    """RM (per layer, over hidden layers, chance-adjusted) and PM (i.i.d. and every
+    shift) of one population.
 
-    Keys: ``rm:<layer>`` (1 - SVCCA), ``rm`` (mean over layers), with
-    ``cross_checks`` also ``rm_cka`` and ``rm_pwcca`` (means over layers);
-    ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood`` (mean
-    over shifts), ``disagree:iid``, ``disagree:<kind>:<sev>``, ``disagree_ood``; accuracies ``acc_iid``,
-    ``acc_ood`` (means over models), ``gap`` (train - test accuracy), and the
-    spread of test accuracy ``acc_iid_range``.
+    RM keys: ``rm:<layer>`` (1 - SVCCA, mean over model pairs) and
+    ``rm_null:<layer>`` (the same on row-permuted activations,
+    :func:`permuted_rows`); ``rm_adj:<layer>`` = ``rm / rm_null``, RM as a
+    fraction of what unrelated representations with the same kept dimensions
+    would score (1 = no more similar than chance; the SVCCA analogue of a
+    chance-corrected agreement). Model level: ``rm`` and ``rm_adj`` are means over
+    the hidden layers (:func:`hidden_layers`), ``rm_logits`` the output layer's
+    RM, ``rm_all_layers`` the mean over every layer; with ``cross_checks`` also
+    ``rm_cka`` and ``rm_pwcca`` (hidden layers).
+    PM keys: ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood``
+    (mean over shifts), ``disagree:iid``, ``disagree:<kind>:<sev>``,
+    ``disagree_ood``; accuracies ``acc_iid``, ``acc_ood`` (means over models),
+    ``gap`` (train - test accuracy), and the spread of test accuracy ``acc_iid_range``.
     """
     from . import multiplicity as PM
     from . import similarity as SIM
     out: dict[str, Any] = {"n_models": data.n_models}
     layers = data.layers()
+    hidden = hidden_layers(layers)
     acts = {layer: data.activations(layer, conv) for layer in layers}
     sims = SIM.pairwise_layers(acts, "svcca", keep)
+    nulls = SIM.pairwise_layers({k: permuted_rows(v, NULL_SEED + i)
+                                 for i, (k, v) in enumerate(acts.items())}, "svcca", keep)
     for layer in layers:
         out[f"rm:{layer}"] = SIM.representational_multiplicity(sims[layer])
-    out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
+    for layer in layers:
+        out[f"rm_null:{layer}"] = SIM.representational_multiplicity(nulls[layer])
+        out[f"rm_adj:{layer}"] = out[f"rm:{layer}"] / out[f"rm_null:{layer}"]
+    out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in hidden]))
+    out["rm_adj"] = float(np.mean([out[f"rm_adj:{layer}"] for layer in hidden]))
+    out["rm_all_layers"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
+    if LOGITS in layers:
+        out["rm_logits"] = out[f"rm:{LOGITS}"]
     if cross_checks:
-        out["rm_cka"] = SIM.representational_multiplicity(SIM.pairwise_layers(acts, "cka"))
-        out["rm_pwcca"] = SIM.representational_multiplicity(SIM.pairwise_layers(acts, "pwcca", keep))
+        hid = {k: acts[k] for k in hidden}
+        out["rm_cka"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "cka"))
+        out["rm_pwcca"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "pwcca", keep))
     shift_keys = [k for k in data.arrays[0] if k.startswith("probs:") and k != "probs:iid"]
     p_iid = data.probs("iid")
     out["pm:iid"] = PM.prediction_variance(p_iid)
     out["disagree:iid"] = PM.mean_disagreement(p_iid)
     pm_ood, dis_ood = [], []
     for k in shift_keys:
-        _, kind, sev = k.split(":")
-        p = data.probs(kind, int(sev))
+        kind, sev = shift_of(k)
+        p = data.probs(kind, sev)
         out[f"pm:{kind}:{sev}"] = PM.prediction_variance(p)
         out[f"disagree:{kind}:{sev}"] = PM.mean_disagreement(p)
         pm_ood.append(out[f"pm:{kind}:{sev}"])
@@ -217,13 +265,19 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
                 # measures keep network order (JSON keeps key order); a concatenated
                 # table's columns do not, so the order travels in its own column
                 layers = ",".join(k.split(":", 1)[1] for k in m if k.startswith("rm:"))
+                field0 = FACTORS[factor].fields[0]
                 rows.append({"dataset": ds, "factor": factor, "replicate": pop.replicate,
-                             "values": ", ".join(map(str, pop.values)), "layers": layers, **m})
+                             "values": ", ".join(map(str, pop.values)),
+                             # what the recipes actually used (relative values resolved)
+                             "settings": ", ".join(f"{getattr(r, field0):g}" if isinstance(
+                                 getattr(r, field0), float) else str(getattr(r, field0))
+                                 for r in pop.recipes),
+                             "layers": layers, **m})
     return pd.DataFrame(rows)
 
 
 #: bump when population_measures changes what it computes
-MEASURES_VERSION = 2
+MEASURES_VERSION = 3
 
 
 def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",

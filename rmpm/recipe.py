@@ -119,7 +119,30 @@ class Factor:
     seed_like: bool = False  # values are seeds (nominal), not an ordered quantity
 
     def apply(self, base: Recipe, value: Any) -> Recipe:
-        return base.replace(**{f: value for f in self.fields})
+        return base.replace(**{f: self.resolve(base, f, value) for f in self.fields})
+
+    def resolve(self, base: Recipe, field_name: str, value: Any) -> Any:
+        """The recipe value of ``value``: as given, or, for a *relative* value
+        ``"x<m>"`` (e.g. ``"x0.5"``) of a numeric factor, ``m`` times the base
+        recipe's value, so that one profile perturbs every data set's recipe by
+        the same factor (the protocol's "relative to each data set's base")."""
+        if not (isinstance(value, str) and value.startswith("x")):
+            return value
+        base_value = getattr(base, field_name)
+        if self.seed_like or isinstance(base_value, (str, bool)) or base_value is None:
+            raise ValueError(f"factor {self.name!r} takes no relative value; got {value!r}")
+        try:
+            m = float(value[1:])
+        except ValueError:
+            raise ValueError(f"relative value {value!r} of factor {self.name!r} must be "
+                             "'x' and a number, e.g. 'x0.5'") from None
+        if not m > 0:
+            raise ValueError(f"relative value {value!r} of factor {self.name!r} must be > 0")
+        if base_value == 0:
+            raise ValueError(f"factor {self.name!r}: relative value {value!r} of a base value "
+                             "of 0 is 0 for every multiplier; give absolute values")
+        out = base_value * m
+        return max(1, int(round(out))) if isinstance(base_value, int) else float(out)
 
 
 FACTORS: dict[str, Factor] = {f.name: f for f in (

@@ -7,9 +7,12 @@ and returns a DataFrame or dict, so that the notebook only tabulates and plots.
 Conventions
 -----------
 * Input subsamples are *prefixes* of the stored test sample. The stored sample is
-  itself a seeded uniform random sample of the test split and samples of
-  :func:`rmpm.data.sample_indices` are nested, so the prefix of length ``n`` is a
-  uniform random sample of size ``n`` and growing ``n`` only adds inputs.
+  a seeded random permutation's prefix (:func:`rmpm.data.sample_indices`), stored
+  in that random order, so the prefix of length ``n`` is a uniform random sample
+  of size ``n`` and growing ``n`` only adds inputs (a test checks the uniformity).
+* With ``conv="positions"`` a conv layer's activation rows are (input, position)
+  pairs; ``owners`` maps each row to its input, and every subsample and
+  bootstrap draws *inputs* (with all their rows), never single rows.
 * "CI" is a percentile bootstrap over *inputs* at a fixed set of models (the
   question here is how many inputs are needed); model-level uncertainty is handled
   by :func:`by_models` and :func:`replicate_agreement`.
@@ -61,7 +64,12 @@ def _check_sizes(sizes: Sequence[int], n: int, what: str) -> list[int]:
     return out
 
 
-def _check_acts(acts_by_layer: ActsByLayer) -> tuple[list[str], int, int]:
+Owners = Mapping[str, "np.ndarray | None"] | None
+
+
+def _check_acts(acts_by_layer: ActsByLayer, owners: Owners = None) -> tuple[list[str], int, int]:
+    """(layers, models, inputs); with ``owners`` a layer's rows may be (input,
+    position) pairs, and the inputs are counted through them."""
     if not isinstance(acts_by_layer, Mapping) or not acts_by_layer:
         raise ValueError("acts_by_layer must be a non-empty dict {layer: [activations per model]}")
     layers = list(acts_by_layer)
@@ -69,10 +77,31 @@ def _check_acts(acts_by_layer: ActsByLayer) -> tuple[list[str], int, int]:
     if len(m) != 1 or min(m) < 2:
         raise ValueError(f"every layer needs the same number (>= 2) of models; got "
                          f"{ {k: len(v) for k, v in acts_by_layer.items()} }")
-    n = {int(np.shape(a)[0]) for v in acts_by_layer.values() for a in v}
+    n = set()
+    for layer, v in acts_by_layer.items():
+        rows = {int(np.shape(a)[0]) for a in v}
+        own = (owners or {}).get(layer)
+        if own is not None:
+            if rows != {len(own)}:
+                raise ValueError(f"owners[{layer!r}] has {len(own)} entries for {sorted(rows)} rows")
+            n.add(int(np.max(own)) + 1)
+        else:
+            n |= rows
     if len(n) != 1:
-        raise ValueError(f"all activations must hold the same inputs (rows); got row counts {sorted(n)}")
+        raise ValueError(f"all activations must hold the same inputs (rows); got input counts {sorted(n)}")
     return layers, m.pop(), n.pop()
+
+
+def _rows(owner: "np.ndarray | None", inputs: np.ndarray) -> np.ndarray:
+    """Activation rows of ``inputs`` (which may repeat): the inputs themselves, or
+    every (input, position) row of each input when ``owner`` maps rows to inputs."""
+    inputs = np.asarray(inputs, dtype=np.int64)
+    if owner is None:
+        return inputs
+    owner = np.asarray(owner)
+    order = np.argsort(owner, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=int(owner.max()) + 1))])
+    return np.concatenate([order[starts[i]:starts[i + 1]] for i in inputs])
 
 
 def _svcca_basis(x: np.ndarray, keep) -> np.ndarray:
@@ -86,18 +115,26 @@ def _svcca_basis(x: np.ndarray, keep) -> np.ndarray:
     return u[:, :SIM.n_kept(s, keep, rank=rank)]
 
 
-def _rm_on_rows(acts_by_layer: ActsByLayer, rows: np.ndarray, keep) -> dict[str, float]:
-    """RM (1 - SVCCA, mean over model pairs) per layer on the given input rows (which
-    may repeat); NaN where undefined.
+def _rm_on_rows(acts_by_layer: ActsByLayer, rows: np.ndarray, keep, owners: Owners = None,
+                null_seed: int | None = None) -> dict[str, float]:
+    """RM (1 - SVCCA, mean over model pairs) per layer on the given inputs (which
+    may repeat); NaN where undefined. With ``null_seed``, each model's selected
+    rows are permuted independently first: the RM unrelated representations of
+    the same dimensions get on these inputs (SVCCA's small-sample floor).
 
     The same computation as :func:`rmpm.similarity.pairwise_similarity` (checked in
     the tests), in plain numpy float64: bootstraps call it thousands of times on
     small matrices, where torch's per-call overhead dominates.
     """
+    rng = None if null_seed is None else np.random.default_rng(null_seed)
     out = {}
     for layer, acts in acts_by_layer.items():
+        r = _rows((owners or {}).get(layer), rows)
         try:
-            bases = [_svcca_basis(np.asarray(a, dtype=np.float64)[rows], keep) for a in acts]
+            mats = [np.asarray(a, dtype=np.float64)[r] for a in acts]
+            if rng is not None:
+                mats = [m[rng.permutation(len(m))] for m in mats]
+            bases = [_svcca_basis(m, keep) for m in mats]
         except ValueError:  # e.g. a ReLU layer that is constant on a tiny resample
             out[layer] = float("nan")
             continue
@@ -132,7 +169,8 @@ def pm_by_inputs(probs, sizes: Sequence[int], n_boot: int = 1000, level: float =
 
 
 def rm_by_inputs(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99,
-                 n_boot: int = 200, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                 n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                 owners: Owners = None) -> pd.DataFrame:
     """RM (1 - SVCCA, mean over layers and model pairs) on the first ``n`` probe inputs,
     with a percentile-bootstrap CI over those inputs.
 
@@ -145,34 +183,36 @@ def rm_by_inputs(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99,
     ``saturated`` (True when, for some layer, the two largest kept dimensions add
     up to more than ``n - 1``, so some canonical correlations are 1 by construction).
     """
-    layers, _, n_all = _check_acts(acts_by_layer)
+    layers, _, n_all = _check_acts(acts_by_layer, owners)
     rows = []
     for n in _check_sizes(sizes, n_all, "probe inputs"):
-        per_layer = _rm_on_rows(acts_by_layer, np.arange(n), keep)
+        per_layer = _rm_on_rows(acts_by_layer, np.arange(n), keep, owners)
         estimate = float(np.mean(list(per_layer.values())))
         if not np.isfinite(estimate):
             raise ValueError(f"RM is undefined on the first {n} probe inputs (a layer has no "
                              "variance there); start sizes higher")
 
         def stat(idx, n=n):
-            return float(np.mean(list(_rm_on_rows(acts_by_layer, idx.astype(np.int64), keep).values())))
+            return float(np.mean(list(_rm_on_rows(acts_by_layer, idx.astype(np.int64), keep,
+                                                  owners).values())))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN replicates are reported as dropped
             ci = stats.bootstrap_ci(stat, np.arange(n), n_boot=n_boot, level=level, seed=seed)
         row = _ci_row(n, ci)
         row.update({f"rm:{k}": v for k, v in per_layer.items()})
-        row["saturated"] = _saturated(acts_by_layer, n, keep)
+        row["saturated"] = _saturated(acts_by_layer, n, keep, owners)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _kept_dims(acts_by_layer: ActsByLayer, n: int, keep) -> dict[str, list[int]]:
-    return {layer: [SIM.svd_reduce(np.asarray(a)[:n], keep).dims for a in acts]
+def _kept_dims(acts_by_layer: ActsByLayer, n: int, keep, owners: Owners = None) -> dict[str, list[int]]:
+    return {layer: [SIM.svd_reduce(np.asarray(a)[_rows((owners or {}).get(layer), np.arange(n))],
+                                   keep).dims for a in acts]
             for layer, acts in acts_by_layer.items()}
 
 
-def _saturated(acts_by_layer: ActsByLayer, n: int, keep) -> bool:
-    for dims in _kept_dims(acts_by_layer, n, keep).values():
+def _saturated(acts_by_layer: ActsByLayer, n: int, keep, owners: Owners = None) -> bool:
+    for dims in _kept_dims(acts_by_layer, n, keep, owners).values():
         two = sorted(dims)[-2:]
         if sum(two) > n - 1:
             return True
@@ -180,7 +220,7 @@ def _saturated(acts_by_layer: ActsByLayer, n: int, keep) -> bool:
 
 
 def svcca_null(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99, n_perm: int = 20,
-               seed: int = 0) -> pd.DataFrame:
+               seed: int = 0, owners: Owners = None) -> pd.DataFrame:
     """SVCCA similarity that *unrelated* representations get on ``n`` inputs.
 
     Empirical null: every model's rows are permuted independently (so the pairing of
@@ -193,18 +233,19 @@ def svcca_null(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99, n_pe
     Columns: n, layer, null_similarity, null_rm (= 1 - null_similarity, the RM that
     unrelated models would get), analytic_rms_cc, max_kept_dims.
     """
-    layers, m, n_all = _check_acts(acts_by_layer)
+    layers, m, n_all = _check_acts(acts_by_layer, owners)
     check_range("n_perm", n_perm, 1, integer=True)
     rng = np.random.default_rng(seed)
     rows = []
     for n in _check_sizes(sizes, n_all, "probe inputs"):
-        dims = _kept_dims(acts_by_layer, n, keep)
+        dims = _kept_dims(acts_by_layer, n, keep, owners)
         for layer in layers:
+            r = _rows((owners or {}).get(layer), np.arange(n))
             vals = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(n_perm):
-                    perm = [np.asarray(a)[:n][rng.permutation(n)] for a in acts_by_layer[layer]]
+                    perm = [np.asarray(a)[r][rng.permutation(len(r))] for a in acts_by_layer[layer]]
                     vals.append(1.0 - SIM.representational_multiplicity(
                         SIM.pairwise_similarity(perm, "svcca", keep)))
             k = max(dims[layer])
@@ -344,17 +385,24 @@ def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> 
     the OOD targets on the *other* inputs of the stored sample.
 
     ``data`` is a :class:`~rmpm.experiments.PopulationData`. Keys:
-    ``rm_small`` (mean over layers), ``pm_small`` (prediction variance),
+    ``rm_small`` (chance-adjusted RM, ``RM / RM of row-permuted activations``,
+    mean over hidden layers: at small samples SVCCA's floor moves with the kept
+    dimensions, so raw RM would partly rank dimensions), ``rm_small_raw`` (the
+    raw hidden-layer RM), ``pm_small`` (prediction variance),
     ``disagree_small``, ``acc_small`` (mean over models); on the held-out inputs
     ``n_small:``: ``acc_iid_rest``, ``pm_iid_rest``, ``acc_ood_rest`` and
     ``pm_ood_rest`` (means over every stored corruption and severity, and over models
     for accuracy). Keeping the targets off the small sample means a predictor cannot
     look good just because it saw the same images.
     """
+    from .evaluate import shift_of
+    from .experiments import NULL_SEED, hidden_layers
     p_iid = data.probs("iid")
     n_test = p_iid.shape[1]
-    layers = data.layers()
-    n_probe = data.activations(layers[0], conv)[0].shape[0]
+    layers = hidden_layers(data.layers())
+    acts = {layer: data.activations(layer, conv) for layer in layers}
+    owners = {layer: data.row_inputs(layer, conv) for layer in layers}
+    _, _, n_probe = _check_acts(acts, owners)
     check_range("n_small", n_small, 2, integer=True)
     if n_small > n_probe:
         raise ValueError(f"n_small={n_small} exceeds the {n_probe} probe inputs with stored "
@@ -362,10 +410,11 @@ def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> 
     if n_small >= n_test:
         raise ValueError(f"n_small={n_small} leaves no held-out inputs of the {n_test} stored")
     y = data.labels
-    acts = {layer: data.activations(layer, conv) for layer in layers}
-    rm = _rm_on_rows(acts, np.arange(n_small), keep)
+    rm = _rm_on_rows(acts, np.arange(n_small), keep, owners)
+    rm0 = _rm_on_rows(acts, np.arange(n_small), keep, owners, null_seed=NULL_SEED)
     small = p_iid[:, :n_small]
-    out = {"rm_small": float(np.mean(list(rm.values()))),
+    out = {"rm_small": float(np.mean([rm[k] / rm0[k] for k in layers])),
+           "rm_small_raw": float(np.mean(list(rm.values()))),
            "pm_small": PM.prediction_variance(small),
            "disagree_small": PM.mean_disagreement(small),
            "acc_small": float(PM.accuracies(small, y[:n_small]).mean()),
@@ -375,8 +424,7 @@ def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> 
     if shift:
         accs, pms = [], []
         for k in shift:
-            _, kind, sev = k.split(":")
-            q = data.probs(kind, int(sev))[:, n_small:]
+            q = data.probs(*shift_of(k))[:, n_small:]
             accs.append(PM.accuracies(q, y[n_small:]).mean())
             pms.append(PM.prediction_variance(q))
         out["acc_ood_rest"] = float(np.mean(accs))

@@ -65,7 +65,7 @@ def _device_of(x: Array, device) -> torch.device:
 
 
 def flatten_conv(act: Array, mode: str = "positions", max_points: int | None = None,
-                 seed: int = 0) -> torch.Tensor:
+                 seed: int = 0, return_inputs: bool = False):
     """Turn convolutional activations ``(n, C, H, W)`` into a matrix ``(n', C)``.
 
     ``mode="pool"``: spatial average pooling, ``x[i, c] = mean_{h,w} act[i, c, h, w]``;
@@ -79,24 +79,28 @@ def flatten_conv(act: Array, mode: str = "positions", max_points: int | None = N
 
     A 2-D input passes through unchanged (as a tensor). The dtype is kept (the
     measures convert to float64), so subsampling costs no extra precision.
+    With ``return_inputs``, also returns the input index of every row (so that
+    resampling can draw whole inputs, not (input, position) rows).
     """
     check_choice("mode", mode, CONV_MODES)
     x = act if isinstance(act, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(act))
     if x.ndim == 2:
-        return x
+        return (x, torch.arange(x.shape[0])) if return_inputs else x
     if x.ndim != 4:
         raise ValueError(f"act must have shape (n, C, H, W) or (n, neurons); got {tuple(x.shape)}")
     if mode == "pool":
-        return x.mean(dim=(2, 3))
+        out = x.mean(dim=(2, 3))
+        return (out, torch.arange(x.shape[0])) if return_inputs else out
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    idx = torch.arange(n * h * w)
     if max_points is not None:
         check_range("max_points", max_points, 2, integer=True)
         if rows.shape[0] > max_points:
             gen = torch.Generator().manual_seed(int(seed))
             idx = torch.randperm(rows.shape[0], generator=gen)[:max_points].sort().values
             rows = rows[idx.to(rows.device)]
-    return rows
+    return (rows, idx // (h * w)) if return_inputs else rows
 
 
 def _matrix(x: Array, name: str, *, conv: str, max_points: int | None, seed: int,

@@ -56,3 +56,14 @@ def test_bad_shard_is_a_clear_error(tmp_path, capsys):
     assert "--shard='2' must look like I/N" in capsys.readouterr().err
     assert main(base + ["--shard", "2/2"]) == 2
     assert "shard index=2 must be <= 1" in capsys.readouterr().err
+
+
+def test_calibrate_prints_rates_per_claim_and_level(capsys):
+    assert main(["calibrate", "--profile", "smoke", "--n-sim", "3"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "profile smoke: 1 data set(s) x 2 replicates x 12 factors" in out
+    for claim in ("C1", "C2", "C3", "C4"):
+        assert claim in out
+    assert "false-positive rate" in out and "power" in out and "partly or better" in out
+    assert main(["calibrate", "--profile", "smoke", "--n-sim", "0"]) == 2
+    assert "--n-sim=0 must be >= 1" in capsys.readouterr().err

@@ -279,18 +279,18 @@ def test_indices_known_values():
     # pins the seeding scheme (and torch's CPU generator): if these change, every
     # subset, split and probe sample of a stored experiment changes with them
     assert data.subset_indices(10, 4, seed=0).tolist() == [2, 5, 8, 9]
-    assert data.sample_indices(20, 5, seed=1).tolist() == [2, 3, 8, 15, 18]
+    assert sorted(data.sample_indices(20, 5, seed=1).tolist()) == [2, 3, 8, 15, 18]
     assert data.split_train_val(10, 3, seed=0)[1].tolist() == [1, 5, 6]
 
 
 def test_sample_indices():
     s = data.sample_indices(500, 50, seed=2)
-    assert len(s) == 50 and torch.equal(s, s.sort().values) and len(s.unique()) == 50
+    assert len(s) == 50 and len(s.unique()) == 50
     assert torch.equal(s, data.sample_indices(500, 50, seed=2))
     assert not torch.equal(s, data.sample_indices(500, 50, seed=3))
     big = data.sample_indices(500, 200, seed=2)
-    assert set(s.tolist()) <= set(big.tolist())  # nested samples
-    assert torch.equal(data.sample_indices(7, None, 0), torch.arange(7))
+    assert torch.equal(big[:50], s)  # nested: a smaller sample is a prefix of a larger one
+    assert sorted(data.sample_indices(7, None, 0).tolist()) == list(range(7))
     for bad in (0, 501, 2.5):
         with pytest.raises(ValueError, match="size"):
             data.sample_indices(500, bad, seed=0)
@@ -338,3 +338,23 @@ def test_long_runs_stop_before_any_work_when_a_data_set_is_missing(tmp_path, mon
     assert main(["train", "--profile", "smoke_multi", "--store", str(tmp_path)]) == 2
     assert "- digits: data set 'digits' is missing" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_sample_prefixes_are_uniform():
+    # Every prefix must be a uniform sample, not the lowest indices of the sample:
+    # the probe inputs and chapter 6's small samples are prefixes. Over many seeds,
+    # the first 10 of a 200-of-1000 sample hit each tenth of range(1000) equally
+    # often (chi-square), and so do the first 10 of a full permutation (size=None).
+    from scipy import stats as st
+    for size in (200, None):
+        counts = np.zeros(10)
+        for seed in range(400):
+            first = data.sample_indices(1000, size, seed=seed)[:10].numpy()
+            counts += np.bincount(first // 100, minlength=10)
+        assert st.chisquare(counts).pvalue > 0.001, counts
+    # the old behaviour (a sorted sample) fails the same check
+    counts = np.zeros(10)
+    for seed in range(400):
+        first = data.sample_indices(1000, 200, seed=seed).sort().values[:10].numpy()
+        counts += np.bincount(first // 100, minlength=10)
+    assert st.chisquare(counts).pvalue < 1e-6
