@@ -224,13 +224,15 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
               alpha: float = decisions.ALPHA, n_perm: int = 500, n_boot: int = 200,
               threshold: float = 0.01, claims_: tuple[str, ...] = ("C1", "C2", "C3", "C4"),
               alternatives: dict[str, float] | None = None,
+              hypotheses: tuple[str, ...] | None = None,
               progress: bool = False) -> pd.DataFrame:
     """Rate at which each verdict level is reached, per claim and scenario.
 
     Columns: claim, hypothesis, description, level, rate, se (binomial standard
     error), n_sim, required (a null that must stay at or below ``alpha``).
     Under a null the rate is the false-positive rate; under the alternative, the
-    power. ``n_perm`` and ``n_boot`` are those of each simulated test (smaller
+    power. ``hypotheses`` (e.g. ``("alternative",)``) limits the scenarios run.
+    ``n_perm`` and ``n_boot`` are those of each simulated test (smaller
     than the book's, which only coarsens the p-values a little).
     """
     check_range("n_sim", n_sim, 1, integer=True)
@@ -238,7 +240,8 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
     d = profile if isinstance(profile, Design) else design(profile)
     kw = {"alpha": alpha, "n_perm": n_perm, "n_boot": n_boot, "threshold": threshold}
     rows = []
-    chosen = [s for s in scenarios(alternatives, threshold) if s.claim in claims_]
+    chosen = [s for s in scenarios(alternatives, threshold) if s.claim in claims_
+              and (hypotheses is None or s.hypothesis in hypotheses)]
     for i, sc in enumerate(tqdm(chosen, desc="calibrating", disable=not progress)):
         rng = np.random.default_rng([seed, i])
         hits = {lv: 0 for lv in LEVELS}

@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from .decisions import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
     ExcessDisagreement, direction_holds
 
@@ -203,4 +205,66 @@ def all_verdicts(results_by_chapter: dict[str, dict[str, Any] | None], alpha: fl
             v = Verdict(v.claim, NOT_EVIDENCE, v.result,
                         "Toy profile: these numbers only show that the pipeline runs; no verdict.")
         out.append(v)
+    return out
+
+
+def tests_table(evidence: dict[str, Any], alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per test behind the verdicts: claim, test, estimate, low, high,
+    null_value (what the estimate is compared with), p_value, partly_below (the
+    p-value a test must beat for "partly": alpha over the number of the claim's
+    tests) and supported_below (alpha)."""
+    rows = []
+
+    def add(claim, test, est, low, high, null, p, k):
+        rows.append({"claim": claim, "test": test, "estimate": est, "low": low, "high": high,
+                     "null_value": null, "p_value": p, "partly_below": alpha / k,
+                     "supported_below": alpha})
+    e1 = evidence.get("C1")
+    if e1 is not None:
+        add("C1", "ranking agrees across blocks (Kendall's W)", e1.kendalls_w, None, None,
+            None, e1.p_value, 1)
+        if e1.n_datasets >= 2:
+            add("C1", "ranking agrees across data sets", None, None, None, None, e1.p_datasets, 1)
+    e2 = evidence.get("C2")
+    if e2 is not None:
+        for name, a in (("RM → OOD accuracy | accuracy", e2.rm_acc),
+                        ("PM → OOD accuracy | accuracy", e2.pm_acc),
+                        ("RM → OOD PM | i.i.d. PM", e2.rm_pm)):
+            if a is not None:
+                add("C2", name, a.estimate, a.low, a.high, 0.0, a.p_value, 3)
+    e3 = evidence.get("C3")
+    if e3 is not None:
+        for name, a in (("RM vs i.i.d. PM", e3.iid), ("RM vs OOD PM", e3.ood)):
+            if a is not None:
+                add("C3", name, a.estimate, a.low, a.high, 0.0, a.p_value, 2)
+    e4 = evidence.get("C4")
+    if e4 is not None:
+        for name, x in (("excess disagreement, i.i.d.", e4.iid),
+                        ("excess disagreement, corrupted", e4.ood)):
+            if x is not None:
+                add("C4", name, x.estimate, x.low, x.high, x.threshold, x.p_value, 2)
+    return pd.DataFrame(rows, columns=["claim", "test", "estimate", "low", "high", "null_value",
+                                       "p_value", "partly_below", "supported_below"])
+
+
+def observed_effects(evidence: dict[str, Any]) -> dict[str, float]:
+    """Each claim's effect size as this build measured it, in the units of
+    :data:`rmpm.calibration.ALTERNATIVES` (for the power at the observed effect):
+    C1 the factor-effect SD over the residual SD, C2 the mean of the three partial
+    associations in their expected directions, C3 the i.i.d. association, C4 the
+    i.i.d. excess disagreement. Claims without evidence, or with an effect of the
+    wrong sign, are left out."""
+    out: dict[str, float] = {}
+    e1, e2, e3, e4 = (evidence.get(c) for c in ("C1", "C2", "C3", "C4"))
+    if e1 is not None and e1.effect_size:
+        out["C1"] = float(e1.effect_size)
+    if e2 is not None and None not in (e2.rm_acc, e2.pm_acc, e2.rm_pm):
+        vals = [-e2.rm_acc.estimate, -e2.pm_acc.estimate, e2.rm_pm.estimate] \
+            if None not in (e2.rm_acc.estimate, e2.pm_acc.estimate, e2.rm_pm.estimate) else []
+        if vals and sum(vals) / 3 > 0:
+            out["C2"] = min(0.95, sum(vals) / 3)
+    if e3 is not None and e3.iid.estimate is not None and e3.iid.estimate > 0:
+        out["C3"] = min(0.95, float(e3.iid.estimate))
+    if e4 is not None and e4.iid.estimate > 0:
+        out["C4"] = float(e4.iid.estimate)
     return out

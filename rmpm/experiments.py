@@ -188,7 +188,8 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     fraction of what unrelated representations with the same kept dimensions
     would score (1 = no more similar than chance; the SVCCA analogue of a
     chance-corrected agreement). Model level: ``rm`` and ``rm_adj`` are means over
-    the hidden layers (:func:`hidden_layers`), ``rm_logits`` the output layer's
+    the hidden layers (:func:`hidden_layers`), as is ``rm_null`` (the floor),
+    ``rm_logits`` the output layer's
     RM, ``rm_all_layers`` the mean over every layer; with ``cross_checks`` also
     ``rm_cka`` and ``rm_pwcca`` (hidden layers).
     PM keys: ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood``
@@ -212,6 +213,7 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
         out[f"rm_adj:{layer}"] = out[f"rm:{layer}"] / out[f"rm_null:{layer}"]
     out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in hidden]))
     out["rm_adj"] = float(np.mean([out[f"rm_adj:{layer}"] for layer in hidden]))
+    out["rm_null"] = float(np.mean([out[f"rm_null:{layer}"] for layer in hidden]))
     out["rm_all_layers"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
     if LOGITS in layers:
         out["rm_logits"] = out[f"rm:{LOGITS}"]

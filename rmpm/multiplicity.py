@@ -5,7 +5,9 @@ predicted class probabilities of every model on the same inputs (numpy or torch;
 float64 internally). A model's *prediction* is ``argmax_k probs[m, n, k]`` (ties go
 to the lowest class index, as ``numpy.argmax``).
 
-The paper's PM (Heljakka et al., arXiv:2206.08890) is :func:`prediction_variance`.
+Our reading of the PM of Heljakka et al. (arXiv:2206.08890), whose abstract speaks of
+"the variance of the models' predictions" without fixing a formula, is
+:func:`prediction_variance`.
 The others are the standard measures of the predictive-multiplicity literature:
 churn / disagreement, ambiguity and discrepancy (Marx, Calmon & Ustun 2020,
 "Predictive Multiplicity in Classification", ICML), the entropy of the vote, and
@@ -84,7 +86,7 @@ def _labels(labels, n: int) -> np.ndarray:
 
 
 def prediction_variance(probs, per_input: bool = False, ddof: int = 0):
-    """The paper's PM: variance across models of the predicted probabilities.
+    """PM as we read the paper's abstract: variance across models of the predicted probabilities.
 
     ``PV = (1/(N K)) sum_n sum_k Var_m[p_m(k | x_n)]`` with the population variance
     ``Var_m = (1/(M - ddof)) sum_m (p_m - mean_m p)^2`` (``ddof=0`` default; ``ddof=1``

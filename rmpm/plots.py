@@ -312,3 +312,38 @@ def scatter_by_factor(table, x: str, ys: Mapping[str, str], xlabel: str | None =
                        bbox_to_anchor=(1.01, 0.5), ncol=1 if len(by_label) <= 14 else 2)
     fig.tight_layout()
     return fig
+
+
+def claim_tests(tests, alpha: float = 0.05):
+    """The tests behind the verdicts (:func:`rmpm.claims.tests_table`): left, each
+    estimate with its interval and the value it is tested against (|: null or
+    threshold); right, its p-value (log scale) against alpha (solid) and the
+    stricter level "partly" needs when a claim has several tests (dotted)."""
+    t = tests.reset_index(drop=True)
+    n = len(t)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.45 * n + 1.4), sharey=True,
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(n)[::-1]
+    claims = list(dict.fromkeys(t["claim"]))
+    colours = {c: plt.cm.tab10(i) for i, c in enumerate(claims)}
+    for yi, (_, r) in zip(y, t.iterrows()):
+        col = colours[r["claim"]]
+        if r["estimate"] is not None and np.isfinite(r["estimate"]):
+            a1.plot([r["estimate"]], [yi], "o", color=col)
+            if r["low"] is not None and np.isfinite(r["low"]):
+                a1.plot([r["low"], r["high"]], [yi, yi], "-", color=col, lw=2)
+        if r["null_value"] is not None and np.isfinite(r["null_value"]):
+            a1.plot([r["null_value"]], [yi], "|", color="k", ms=14, mew=2)
+        if r["p_value"] is not None and np.isfinite(r["p_value"]):
+            a2.plot([r["p_value"]], [yi], "o", color=col)
+        a2.plot([r["partly_below"]] * 2, [yi - 0.35, yi + 0.35], ":", color="grey")
+    a2.axvline(alpha, color="k", lw=1)
+    a1.set_yticks(y)
+    a1.set_yticklabels([f"{r.claim}: {r.test}" for r in t.itertuples()], fontsize=8)
+    a1.set_xlabel("estimate (ρ, Kendall's W, or share of inputs)")
+    a1.grid(alpha=0.3)
+    a2.set_xscale("log")
+    a2.set_xlabel(f"p-value (solid: alpha = {alpha:g})")
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

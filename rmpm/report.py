@@ -430,7 +430,8 @@ def _pm_rows(p: np.ndarray, y, confidence: float, n_boot: int, level: float, see
 
     yhat = p.argmax(axis=2)
     add("prediction_variance", mean_ci(PM.prediction_variance(p, per_input=True)),
-        "the paper's PM: variance across models of the predicted probabilities, "
+        "PM (our reading of the abstract's 'variance of predictions'): variance across "
+        "models of the predicted probabilities, "
         "mean over inputs and classes")
     if m > 1:
         # per-input churn: fraction of ordered pairs of distinct models that disagree

@@ -92,6 +92,12 @@ def _check_acts(acts_by_layer: ActsByLayer, owners: Owners = None) -> tuple[list
     return layers, m.pop(), n.pop()
 
 
+def count_inputs(acts_by_layer: ActsByLayer, owners: Owners = None) -> int:
+    """Number of probe inputs behind ``acts_by_layer`` (rows, or (input, position)
+    rows grouped by ``owners``)."""
+    return _check_acts(acts_by_layer, owners)[2]
+
+
 def _rows(owner: "np.ndarray | None", inputs: np.ndarray) -> np.ndarray:
     """Activation rows of ``inputs`` (which may repeat): the inputs themselves, or
     every (input, position) row of each input when ``owner`` maps rows to inputs."""
@@ -301,7 +307,7 @@ def by_models(probs, sims: Mapping[str, np.ndarray] | None = None, max_subsets: 
     all-pairs similarity matrices ``sims`` (``{layer: (M, M)}``); SVCCA is pairwise,
     so a subset's RM is read off the sub-matrix.
 
-    Measures: ``pm`` (the paper's prediction variance, population variance, ddof=0,
+    Measures: ``pm`` (prediction variance, our reading of the paper's PM, population variance, ddof=0,
     whose expectation grows like ``(m-1)/m``), ``pm_unbiased`` (ddof=1), ``disagree``
     (mean pairwise churn) and ``rm`` (mean over layers).
     """
@@ -500,6 +506,6 @@ def correlation_dict(frame: pd.DataFrame, predictor: str, target: str) -> dict[s
     return {k: (None if not np.isfinite(r[k]) else float(r[k])) for k in ("r", "low", "high", "p")}
 
 
-__all__ = ["size_grid", "pm_by_inputs", "rm_by_inputs", "svcca_null", "stable_size", "first_within",
+__all__ = ["count_inputs", "size_grid", "pm_by_inputs", "rm_by_inputs", "svcca_null", "stable_size", "first_within",
            "by_models", "replicate_agreement", "small_sample_measures", "small_sample_table",
            "predictive_correlations", "leave_one_dataset_out", "correlation_dict"]

@@ -305,6 +305,10 @@ def pwcca(a: Array, b: Array, keep=0.99, *, conv: str = "positions",
     ``pwcca = sum_i alpha_i rho_i / sum_i alpha_i`` with ``alpha_i = sum_j |<h_i, x_j>|``,
     ``h_i`` the i-th (unit-norm) canonical variate of ``a`` and ``x_j`` the j-th centred
     neuron of ``a``: directions that carry more of ``a``'s neurons weigh more.
+    Departures from Morcos et al. (2018): their CCA runs on the activations
+    themselves; here it runs after the same SVD cut as SVCCA (``keep``), so both
+    measures compare the same subspaces; and the weights come from the first
+    argument only, so in an all-pairs matrix entry (i, j) is weighted by model i.
     Asymmetric: the weights come from ``a``. Invariant to permuting and rescaling
     ``a``'s neurons and to any invertible map of ``b``'s kept subspace, but *not* to
     rotations of ``a`` (the weights are L1 sums over ``a``'s own neuron basis).

@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from rmpm import book, paths
+from rmpm import book, decisions as D, paths
 
 NOTEBOOKS = book.notebook_paths()
 
@@ -27,6 +27,14 @@ def _is_ci(c):
     return c["low"] <= c.get("estimate", c.get("r")) <= c["high"]
 
 
+def _assoc_ok(a):
+    return a.estimate is None or (-1 <= a.low <= a.high <= 1 and 0 < a.p_value <= 1)
+
+
+def _excess_ok(e):
+    return -1 <= e.low <= e.high <= 1 and 0 < e.p_value <= 1 and e.churn >= e.accuracy_gap - 1e-12
+
+
 def _corr_ok(c):
     return -1 <= c["low"] <= c["r"] <= c["high"] <= 1 and 0 <= c["p"] <= 1
 
@@ -39,20 +47,26 @@ SANE = {
     "02_populations": lambda v: 0.3 < v["test_acc"]["estimate"] <= 1 and _is_ci(v["test_acc"])
         and all(0 <= x <= 1 for x in v["rm_by_layer"].values()) and v["pm_iid"] > 0,
     "03_rm_by_factor": lambda v: len(v["ranking"]) == 12 and set(v["ranking"]) == set(v["rm_by_factor"])
-        and all(_is_ci(c) and 0 <= c["estimate"] <= 1 for c in v["rm_by_factor"].values())
-        and 0 <= v["friedman"]["pvalue"] <= 1 and 0 <= v["friedman"]["kendalls_w"] <= 1,
+        and all(_is_ci(c) and 0 <= c["estimate"] for c in v["rm_by_factor"].values())
+        and 0 <= v["friedman"]["pvalue"] <= 1 and 0 <= v["friedman"]["kendalls_w"] <= 1
+        and 0 < D.C1Evidence.from_dict(v["evidence"]).p_value <= 1,
     "04_pm_iid_ood": lambda v: v["pm_iid"]["estimate"] > 0 and _is_ci(v["pm_iid"])
         and all(_is_ci(c) for c in v["pm_by_severity"].values()) and _corr_ok(v["severity_trend"]),
     "05_rm_vs_pm": lambda v: all(_corr_ok(v["pooled"][s][m]) for s in ("iid", "ood")
-                                 for m in ("spearman", "pearson")) and v["n_populations"] == 24,
+                                 for m in ("spearman", "pearson")) and v["n_populations"] == 24
+        and _assoc_ok(D.C3Evidence.from_dict(v["evidence"]).iid),
     "06_finite_samples": lambda v: all(_corr_ok(c) for c in (*v["predict_ood_acc"].values(),
                                                              *v["predict_ood_pm"].values()))
-        and v["small_sample_size"] > 0,
+        and v["small_sample_size"] > 0
+        and all(_assoc_ok(a) for a in vars(D.C2Evidence.from_dict(v["evidence"])).values()
+                if isinstance(a, D.Association)),
     "07_exposing_multiplicity": lambda v: 0 <= v["frac_inputs_disputed"] <= v["frac_inputs_disputed_ood"] <= 1
-        and len(v["confabulations_per_model"]) == v["n_models"] and 0 <= v["acc_range"] < 0.2,
+        and len(v["confabulations_per_model"]) == v["n_models"] and 0 <= v["acc_range"] < 0.2
+        and _excess_ok(D.C4Evidence.from_dict(v["evidence"]).iid),
+    # a toy profile's Claims page shows the numbers but no verdict
     "08_claims": lambda v: set(v["verdicts"]) == {"C1", "C2", "C3", "C4"} and all(
-        x["verdict"] in ("supported", "partly", "not supported", "not tested")
-        for x in v["verdicts"].values()),
+        x["verdict"] in ("not evidence", "not tested") for x in v["verdicts"].values())
+        and {r["claim"] for r in v["calibration"]} == {"C1", "C2", "C3", "C4"},
 }
 
 
@@ -146,10 +160,15 @@ def test_cross_dataset_chapters_run_under_smoke_multi(tmp_path, monkeypatch):
     for stem in MULTI[:3]:
         assert values[stem]["datasets"] == both and values[stem]["n_populations"] == 48, stem
     assert values["03_rm_by_factor"]["friedman"]["n_blocks"] == 4  # 2 data sets x 2 replicates
+    c1 = D.C1Evidence.from_dict(values["03_rm_by_factor"]["evidence"])
+    assert c1.n_blocks == 4 and c1.n_datasets == 2 and c1.p_datasets is not None
+    c3 = D.C3Evidence.from_dict(values["05_rm_vs_pm"]["evidence"])
+    assert c3.n_datasets == 2 and set(c3.iid.per_dataset) == set(both) \
+        and set(c3.iid.leave_one_out) == set(both)
     rm_pm = values["05_rm_vs_pm"]
     assert set(rm_pm["per_dataset"]) == set(both)
     assert all(_corr_ok(rm_pm["pooled"][s][m]) for s in ("iid", "ood") for m in ("spearman", "pearson"))
     claims = values["08_claims"]
     assert claims["n_datasets"] == 2
-    # two of the paper's four data sets can at most partly support C3
-    assert claims["verdicts"]["C3"]["verdict"] in ("partly", "not supported")
+    # a toy profile: numbers, no verdicts
+    assert claims["verdicts"]["C1"]["verdict"] == claims["verdicts"]["C3"]["verdict"] == "not evidence"

@@ -111,3 +111,34 @@ def test_fast_rm_matches_the_similarity_module():
     ref = SIM.representational_multiplicity(
         SIM.pairwise_similarity([a[rows] for a in acts["l1"]], "svcca", 0.99))
     assert fast == pytest.approx(ref, abs=1e-10)
+
+
+def test_positions_rows_are_resampled_by_input():
+    # (input, position) rows: inputs own 1-3 rows each; subsamples and the null
+    # must take whole inputs, and "n inputs" counts inputs, not rows
+    from rmpm import samples as S
+    rng = np.random.default_rng(0)
+    owner = np.repeat(np.arange(40), rng.integers(1, 4, 40))
+    acts = {"conv": [rng.normal(size=(len(owner), 5)) for _ in range(3)]}
+    owners = {"conv": owner}
+    assert S.count_inputs(acts, owners) == 40
+    first = S._rm_on_rows(acts, np.arange(20), 0.99, owners)["conv"]
+    rows = np.flatnonzero(owner < 20)
+    direct = S._rm_on_rows({"conv": [a[rows] for a in acts["conv"]]}, np.arange(len(rows)), 0.99)
+    assert first == pytest.approx(direct["conv"])
+    # a repeated input brings all its rows twice
+    assert len(S._rows(owner, np.array([3, 3]))) == 2 * (owner == 3).sum()
+    frame = S.rm_by_inputs(acts, [10, 40], n_boot=5, owners=owners)
+    assert list(frame["n"]) == [10, 40]
+    with pytest.raises(ValueError, match="sizes go up to 41 but only 40"):
+        S.rm_by_inputs(acts, [41], n_boot=5, owners=owners)
+
+
+def test_flatten_conv_reports_the_input_of_every_row():
+    import torch
+    from rmpm.similarity import flatten_conv
+    x = torch.randn(6, 3, 4, 4)
+    rows, inputs = flatten_conv(x, "positions", max_points=20, seed=1, return_inputs=True)
+    assert rows.shape == (20, 3) and inputs.shape == (20,)
+    for r, i in zip(rows, inputs):
+        assert any(torch.equal(r, x[i, :, h, w]) for h in range(4) for w in range(4))
