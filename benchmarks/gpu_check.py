@@ -97,6 +97,7 @@ class Sizes:
     train_width: int | None = None  # None: the paper profile's width (32)
     train_test_size: int | None = None  # None: all 10,000 test images
     train_warmup: bool = True      # untimed warm-up of both engines before timing
+    train_amp: bool | None = None  # bf16 ensemble first; None: on CUDA only (the engine's default)
     sim_models: int = 32
     sim_inputs: int = 2000
     sim_neurons: int = 128
@@ -107,9 +108,7 @@ class Sizes:
     pace_dataset: str = "fashion_mnist"
     pace_max_group: int = 32
     pace_max_groups: int | None = None  # None: as many as the time allows
-    pace_train_size: int | None = None  # dry run: shrink the profile's recipes to this
-    pace_tiny_spec: bool = False   # dry run: evaluate on 100 inputs, one corruption
-    probe_always: bool = False     # dry run: run the ResNet probe whatever the profile
+    pace_shrink: bool = False      # dry run: 128 examples, 1 epoch, width 4; 100 test inputs
     probe_examples: int = 256 * 12     # ResNet probe: 12 steps at the CIFAR-10 recipe's batch
     probe_members: int = 32
     digest_small: bool = False     # dry run: shrunken digest recipes (no reference)
@@ -117,11 +116,11 @@ class Sizes:
 
 FULL = Sizes()
 DRY = Sizes(train_models=2, train_single=2, train_size=128, train_width=4,
-            train_test_size=500, train_warmup=False,
+            train_test_size=500, train_warmup=False, train_amp=True,
             sim_models=4, sim_inputs=300, sim_neurons=16, mem_models=4, mem_inputs=500,
-            mem_neurons=32, pace_profile="smoke", pace_max_group=2, pace_max_groups=1,
-            pace_train_size=128, pace_tiny_spec=True, probe_examples=32, probe_members=2,
-            probe_always=True, digest_small=True)
+            mem_neurons=32, pace_max_group=2, pace_max_groups=1,
+            pace_shrink=True, probe_examples=32, probe_members=2,
+            digest_small=True)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -260,8 +259,10 @@ def section_train(sz: Sizes, dev, part: dict, save) -> None:
         _sync(dev)
         return res, _now() - t
 
-    amp_default = dev.type == "cuda"
-    runs = {"ensemble_amp" if amp_default else "ensemble_fp32": run_ensemble(amp_default)}
+    # bf16 as the engine runs by default on CUDA (the dry run takes this branch on the CPU)
+    amp_default = dev.type == "cuda" if sz.train_amp is None else sz.train_amp
+    first = "ensemble_amp" if amp_default else "ensemble_fp32"
+    batched, seconds = run_ensemble(amp_default)
     part["engines"] = {}
 
     def summarise(name: str, res, seconds: float, members: int) -> None:
@@ -275,8 +276,7 @@ def section_train(sz: Sizes, dev, part: dict, save) -> None:
             "test_acc": acc, "test_acc_mean": statistics.fmean(acc), "test_acc_min": min(acc),
             "amp": res[0].metrics.get("amp", False)}
 
-    for name, (res, s) in runs.items():
-        summarise(name, res, s, m)
+    summarise(first, batched, seconds, m)
     save()
     t = _now()
     single = []
@@ -284,21 +284,25 @@ def section_train(sz: Sizes, dev, part: dict, save) -> None:
         single.append(fit(r, dev, data=data))
         _sync(dev)
     summarise("single", single, _now() - t, k)
-    save()
-    if amp_default:  # fp32 ensemble too: the comparison with fit without bf16 rounding
-        runs["ensemble_fp32"] = run_ensemble(False)
-        summarise("ensemble_fp32", *runs["ensemble_fp32"], m)
     part["match"] = {}
-    for name, (res, _) in runs.items():
+
+    def match(name: str, res) -> None:
         part["match"][name] = {
             "max_abs_test_acc_diff": max(abs(a.metrics["test_acc"] - b.metrics["test_acc"])
                                          for a, b in zip(res, single)),
             "max_rel_weight_diff": max(rel_diff(a.model.state_dict(), b.model.state_dict())
                                        for a, b in zip(res, single)),
             "members_compared": k}
-    rate_b = part["engines"]["ensemble_amp" if amp_default else "ensemble_fp32"]
+
+    match(first, batched)
+    rate_b = part["engines"][first]
     part["speedup"] = rate_b["model_epochs_per_s"] / part["engines"]["single"]["model_epochs_per_s"]
     part["goal_50_model_epochs_per_s"] = rate_b["model_epochs_per_s"] >= 50
+    save()
+    if amp_default:  # fp32 ensemble too: the comparison with fit without bf16 rounding
+        res, seconds = run_ensemble(False)
+        summarise("ensemble_fp32", res, seconds, m)
+        match("ensemble_fp32", res)
 
 
 # ----------------------------------------------------------------------------- 2. similarity
@@ -415,8 +419,9 @@ def _resnet_probe(sz: Sizes, dev, part: dict, save) -> None:
     x = torch.randn(n, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     data = TrainData(x.to(dev), y.to(dev), x[:256].to(dev), y[:256].to(dev), 10, (3, 32, 32))
-    warm = [r.replace(epochs=1, train_size=min(n, 2 * r.batch_size)) for r in group]
-    fit_ensemble(warm, dev, data=data)  # cuDNN autotuning, allocator
+    if sz.train_warmup:  # cuDNN autotuning, allocator
+        fit_ensemble([r.replace(epochs=1, train_size=min(n, 2 * r.batch_size)) for r in group],
+                     dev, data=data)
     timed = [r.replace(epochs=1, train_size=n) for r in group]
     res = fit_ensemble(timed, dev, data=data)
     _sync(dev)
@@ -426,8 +431,8 @@ def _resnet_probe(sz: Sizes, dev, part: dict, save) -> None:
         "members": len(group), "width": group[0].width, "batch_size": bs,
         "augment": group[0].augment, "steps": steps,
         "seconds_per_step": res[0].metrics["group_train_seconds"] / steps,
-        "note": "random 3x32x32 images; seconds per step of the training loop (includes the "
-                "per-epoch curve evaluation on 256 images)"}
+        "note": f"random 3x32x32 images; seconds per step of the training loop (includes the "
+                f"per-epoch curve evaluation on {len(data.x_test)} images)"}
     save()
 
 
@@ -452,7 +457,7 @@ def section_pace(sz: Sizes, dev, part: dict, save, deadline: float) -> None:
     part.update(profile=profile, dataset=ds, engine=resolve_engine("auto", dev), plan=plan,
                 groups=[])
     save()
-    if sz.probe_always or any(p["arch"] == "resnet" for p in plan.values()):
+    if any(p["arch"] == "resnet" for p in plan.values()):
         try:  # guarded on its own: the Fashion-MNIST timing matters more
             _resnet_probe(sz, dev, part, save)
         except Exception as e:
@@ -460,9 +465,8 @@ def section_pace(sz: Sizes, dev, part: dict, save, deadline: float) -> None:
                                     "traceback": traceback.format_exc()[-2000:]}
     recipes = profile_recipes(profile, datasets=[ds])
     spec = eval_spec(profile)
-    if sz.pace_train_size is not None:
-        recipes = dedupe(r.replace(train_size=sz.pace_train_size) for r in recipes)
-    if sz.pace_tiny_spec:
+    if sz.pace_shrink:
+        recipes = dedupe(r.replace(train_size=128, epochs=1, width=4) for r in recipes)
         spec = dataclasses.replace(spec, n_test=100, n_probe=50, corruptions=spec.corruptions[:1],
                                    severities=spec.severities[:1])
     groups = _coverage_order(group_recipes(recipes, sz.pace_max_group))
@@ -921,7 +925,7 @@ def _summary_lines(name: str, s: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> dict | None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for gpu_check.json and gpu_check.txt")
@@ -942,6 +946,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--limit", type=float, default=60.0, help=argparse.SUPPRESS)
     ap.add_argument("--digest-worker", metavar="RESULT_JSON", help=argparse.SUPPRESS)
     ap.add_argument("--save-weights", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.budget <= 0:
         ap.error(f"--budget={args.budget} must be > 0 seconds")

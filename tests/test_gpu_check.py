@@ -44,7 +44,8 @@ def test_dry_run_runs_every_section(dry):
 def test_dry_run_training_members_match_fit(dry):
     tr = dry[1]["sections"]["train"]
     assert tr["members"] == 2 and tr["single_members"] == 2
-    for name in ("ensemble_fp32", "single"):
+    assert tr["engines"]["ensemble_amp"]["amp"] is True  # the CUDA default, bf16, taken here too
+    for name in ("ensemble_amp", "ensemble_fp32", "single"):
         e = tr["engines"][name]
         assert len(e["test_acc"]) == 2 and all(0 <= a <= 1 for a in e["test_acc"])
         assert e["model_epochs_per_s"] > 0
@@ -60,12 +61,16 @@ def test_dry_run_similarity_and_pace(dry):
     assert all(m["finite"] and 0 < m["mean_offdiag"] <= 1 for m in sim["measures"].values())
     pace = dry[1]["sections"]["pace"]
     [group] = pace["groups"]
+    assert pace["profile"] == "paper" and pace["plan"]["fashion_mnist"]["recipes"] == 94
     assert group["members"] == 2 and group["model_epochs"] == 2 and group["seconds"] > 0
     est = pace["dataset_estimate"]
     assert est["groups"] > est["groups_measured"] == 1
     assert est["total_minutes"] * 60 > est["measured_seconds"]  # the rest was extrapolated
     assert pace["resnet_probe"]["seconds_per_step"] > 0
-    assert pace["profile_estimate"]["total_hours"] > 0 and pace["profile_estimate"]["complete"]
+    rows = pace["profile_estimate"]["datasets"]
+    assert set(rows) == {"mnist", "fashion_mnist", "cifar10", "svhn"}
+    assert all(r["hours"] > 0 for r in rows.values()) and pace["profile_estimate"]["complete"]
+    assert "ResNet probe" in rows["cifar10"]["how"] and "same architecture" in rows["mnist"]["how"]
 
 
 def test_dry_run_digests_are_pinned(dry):
@@ -127,3 +132,21 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(SystemExit):
         gc.main(["--dry-run", "--budget", "0", "--out", str(tmp_path)])
     assert not (tmp_path / "gpu_check.json").exists()  # refused before any work
+
+
+def test_the_prepared_device_call_is_valid():
+    """GPU_CHECK.md's command fits the device tool (2,000 characters), passes arguments the
+    script accepts, leaves the script time to finish, and carries a folder git ignores."""
+    import shlex
+
+    doc = (ROOT / "benchmarks" / "GPU_CHECK.md").read_text()
+    call = doc[doc.index("## The call"):]
+    [command] = re.findall(r"```bash\n(.*?)\n```", call, flags=re.S)[:1]
+    assert len(command) <= 2000 and "\n" not in command
+    args = command.split("python3 benchmarks/gpu_check.py", 1)[1].split("2>&1")[0]
+    parsed = gc.parser().parse_args(shlex.split(args.replace('"$OUT"', "OUT")))
+    assert parsed.out == "OUT" and not parsed.dry_run
+    timeout = int(re.search(r"`timeout_s`: `(\d+)`", call).group(1))
+    assert parsed.budget + 60 <= timeout <= 600
+    assert "`carry`: `[\".gpucheck\"]`" in call and "RMPM_FASHION_MNIST_DIR=$PWD/.gpucheck/" in command
+    assert "/.gpucheck/" in (ROOT / ".gitignore").read_text().splitlines()  # never committed
