@@ -585,14 +585,22 @@ def digest_worker(small: bool, ref_weights: str | None, save_weights: str | None
     torch.use_deterministic_algorithms(True)
     from rmpm.train import fit
 
-    refs = {}
+    version = str(torch.__version__)  # a plain str: TorchVersion does not unpickle weights-only
+    refs: dict[str, dict] = {}  # torch version -> "variant/name" -> state dict
+    ref_error = None
     if ref_weights and Path(ref_weights).is_file():
-        refs = torch.load(ref_weights, map_location="cpu", weights_only=True)
+        try:  # only a diagnostic: the digests do not need it
+            refs = torch.load(ref_weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            ref_error = f"{type(e).__name__}: {str(e)[:300]}"
+    # compare weights with the reference of the same torch version, else of any version
+    ref_torch = version if version in refs else next(iter(refs), None)
     out: dict[str, Any] = {
         "env": {k: os.environ.get(k) for k in PINNED_ENV},
-        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": version, "reference_weights_error": ref_error, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "variants": {}}
+        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "weights_compared_with_torch": ref_torch,
+        "variants": {}}
     weights: dict[str, dict] = {}
     for variant, mkldnn in VARIANTS.items():
         torch.backends.mkldnn.enabled = mkldnn
@@ -604,15 +612,15 @@ def digest_worker(small: bool, ref_weights: str | None, save_weights: str | None
             row = {"recipe_key": r.key(), "sha256": state_digest(sd),
                    "test_acc": res.metrics["test_acc"], "train_loss": res.metrics["train_loss"],
                    "seconds": _now() - t}
-            ref = refs.get(f"{variant}/{name}")
+            ref = refs.get(ref_torch, {}).get(f"{variant}/{name}")
             if ref is not None:
                 row["rel_weight_diff_vs_reference"] = rel_diff(sd, ref)
             rows[name] = row
             weights[f"{variant}/{name}"] = sd
         out["variants"][variant] = rows
     torch.backends.mkldnn.enabled = True
-    if save_weights:
-        torch.save(weights, save_weights)
+    if save_weights:  # add this torch version's weights to the file's others
+        torch.save({**refs, version: weights}, save_weights)
     return out
 
 
@@ -631,11 +639,24 @@ def run_pinned_worker(small: bool, timeout: float, save_weights: str | None = No
         return json.loads(res_path.read_text())
 
 
-def compare_digests(got: dict, reference: dict | None, fingerprint: str) -> dict:
+def compare_digests(got: dict, references: dict | None, fingerprint: str) -> dict:
+    """Compare with the reference of the same torch version (the cross-machine question
+    proper) and with every other one (machine and torch version both differ)."""
+    refs = (references or {}).get("references", {})
+    if not refs:
+        return {"reference": "none", "all_match": None}
+    torch_version = got.get("torch")
+    out = {"same_torch_reference": torch_version in refs, "by_reference_torch": {
+        v: compare_one(got, ref, fingerprint) for v, ref in refs.items()}}
+    primary = out["by_reference_torch"].get(torch_version)
+    out["all_match"] = primary["all_match"] if primary else None
+    out["all_match_any_torch"] = {v: c["all_match"] for v, c in out["by_reference_torch"].items()}
+    return out
+
+
+def compare_one(got: dict, reference: dict, fingerprint: str) -> dict:
     """Per variant and recipe: does the digest match the reference's? Plus what differs
     between the two environments (torch, CPU), so a mismatch can be read."""
-    if not reference:
-        return {"reference": "none", "all_match": None}
     out: dict[str, Any] = {
         "reference_fresh": reference.get("code_fingerprint") == fingerprint,
         "same_torch": reference.get("torch") == got.get("torch"),
@@ -666,8 +687,8 @@ def section_digests(sz: Sizes, part: dict, save, timeout: float) -> None:
     got = run_pinned_worker(sz.digest_small, timeout,
                             save_weights=None)  # weights stay on the device machine
     part["computed"] = got
-    reference = None if sz.digest_small or not REFERENCE.is_file() else json.loads(REFERENCE.read_text())
-    part["comparison"] = compare_digests(got, reference, code_fingerprint())
+    refs = None if sz.digest_small or not REFERENCE.is_file() else json.loads(REFERENCE.read_text())
+    part["comparison"] = compare_digests(got, refs, code_fingerprint())
     save()
 
 
@@ -681,15 +702,25 @@ def write_reference(timeout: float = 1200) -> dict:
         for row in rows.values():
             row.pop("rel_weight_diff_vs_reference", None)
             row.pop("seconds", None)
+    got.pop("weights_compared_with_torch", None)
+    got.pop("reference_weights_error", None)
     got["code_fingerprint"] = code_fingerprint()
     got["fingerprint_files"] = list(FINGERPRINT_FILES)
     got["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    old = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else None
-    changed = old is None or {v: {n: r["sha256"] for n, r in rows.items()}
-                              for v, rows in old["variants"].items()} != \
-        {v: {n: r["sha256"] for n, r in rows.items()} for v, rows in got["variants"].items()}
+    doc = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
+    refs = doc.setdefault("references", {})
+    old = refs.get(got["torch"])
+
+    def digests(ref: dict) -> dict:
+        return {v: {n: r["sha256"] for n, r in rows.items()} for v, rows in ref["variants"].items()}
+
+    changed = old is None or digests(old) != digests(got)
     if changed or old.get("code_fingerprint") != got["code_fingerprint"]:
-        REFERENCE.write_text(json.dumps(got, indent=1) + "\n")
+        doc["note"] = ("SHA-256 of state dicts trained by benchmarks/gpu_check.py's pinned CPU "
+                       "worker on the development machine, one entry per torch version; "
+                       "refresh with benchmarks/prepare_gpu_check.sh")
+        refs[got["torch"]] = got
+        REFERENCE.write_text(json.dumps(doc, indent=1) + "\n")
     got["changed"] = changed
     return got
 
@@ -910,16 +941,21 @@ def _summary_lines(name: str, s: dict) -> list[str]:
     elif name == "digests":
         c = s.get("comparison", {})
         got = s.get("computed", {})
-        out.append(f"  torch {got.get('torch')} capability {got.get('cpu_capability')} "
-                   f"threads {got.get('threads')}; reference torch {c.get('reference_torch')}, "
-                   f"fresh {c.get('reference_fresh')}")
+        by = c.get("by_reference_torch", {})
+        out.append(f"  here: torch {got.get('torch')}, capability {got.get('cpu_capability')}, "
+                   f"threads {got.get('threads')}, {got.get('cpu')}; references: "
+                   + (", ".join(f"torch {v} (fresh {r.get('reference_fresh')})"
+                                for v, r in by.items()) or "none"))
         for variant, rows in got.get("variants", {}).items():
-            res = c.get("variants", {}).get(variant, {})
             for n, row in rows.items():
+                res = " ".join(f"{v}:{r.get('variants', {}).get(variant, {}).get(n, '-')}"
+                               for v, r in by.items())
                 extra = row.get("rel_weight_diff_vs_reference")
-                out.append(f"  {variant:15} {n:32} {row['sha256'][:16]} {res.get(n, '-')}"
-                           + (f" (rel weight diff {extra:.1e})" if extra else ""))
-        out.append(f"  all match: {c.get('all_match')}")
+                out.append(f"  {variant:15} {n:32} {row['sha256'][:16]} {res or '-'}"
+                           + (f" (rel weight diff {extra:.1e} vs torch "
+                              f"{got.get('weights_compared_with_torch')})" if extra else ""))
+        out.append(f"  all match, same torch: {c.get('all_match')}; by reference torch: "
+                   f"{c.get('all_match_any_torch')}")
     return out
 
 

@@ -6,6 +6,7 @@
 # Then a quick check that the carried data loads and that the tree fits the 64 MiB limit.
 #
 #   benchmarks/prepare_gpu_check.sh            # PYTHON=... to choose the interpreter
+#   DEVICE_TORCH=2.11.0 benchmarks/prepare_gpu_check.sh   # also the device's torch version
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,6 +29,23 @@ done
 
 echo "== reference digests (pinned CPU environment, this machine; a minute or two)"
 PYTHONPATH=$ROOT "$PYTHON" benchmarks/gpu_check.py --write-reference
+
+# The device's torch differs from the project's pin; with DEVICE_TORCH=2.11.0 (the device's,
+# see the device notes) the digests are also computed here with that torch, so that the
+# device's comparison separates "another machine" from "another torch". Its wheel (about
+# 530 MB) goes to $TMPDIR, not into the tree; it borrows the venv's CUDA libraries to import
+# (only the CPU is used).
+if [ -n "${DEVICE_TORCH:-}" ]; then
+  site=${TMPDIR:-/tmp}/gpucheck-torch-$DEVICE_TORCH
+  if [ ! -d "$site/torch" ]; then
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: "torch==$DEVICE_TORCH" -d "$site.dl"
+    "$PYTHON" -m pip install -q --no-deps --no-compile --target "$site" "$site.dl"/torch-*.whl
+    nv=$("$PYTHON" -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
+    if [ -n "$nv" ]; then ln -sfn "$nv" "$site/nvidia"; fi
+  fi
+  echo "== reference digests with torch $DEVICE_TORCH"
+  PYTHONPATH=$site:$ROOT "$PYTHON" benchmarks/gpu_check.py --write-reference
+fi
 
 echo "== the carried data loads"
 RMPM_FASHION_MNIST_DIR=$ROOT/$DEST PYTHONPATH=$ROOT "$PYTHON" - <<'PY'

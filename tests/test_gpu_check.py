@@ -85,26 +85,36 @@ def test_dry_run_digests_are_pinned(dry):
 
 
 def test_committed_reference_covers_the_digest_recipes():
-    ref = json.loads(gc.REFERENCE.read_text())
-    assert set(ref["variants"]) == set(gc.VARIANTS)
-    for rows in ref["variants"].values():
-        assert list(rows) == list(gc.digest_recipes())
-        assert all(HEX64.match(r["sha256"]) for r in rows.values())
-    assert ref["cpu_capability"] == "AVX2" and ref["threads"] == 1 and HEX64.match(ref["code_fingerprint"])
+    refs = json.loads(gc.REFERENCE.read_text())["references"]
+    assert refs  # one entry per torch version it was computed with
+    for torch_version, ref in refs.items():
+        assert ref["torch"] == torch_version and set(ref["variants"]) == set(gc.VARIANTS)
+        for rows in ref["variants"].values():
+            assert list(rows) == list(gc.digest_recipes())
+            assert all(HEX64.match(r["sha256"]) for r in rows.values())
+        assert ref["cpu_capability"] == "AVX2" and ref["threads"] == 1
+        assert HEX64.match(ref["code_fingerprint"])
 
 
 def test_compare_digests():
-    def got(sha, key="k1"):
-        return {"torch": "2.x", "variants": {"avx2": {"a": {"recipe_key": key, "sha256": sha}}}}
+    def got(sha, key="k1", torch="2.a"):
+        return {"torch": torch, "variants": {"avx2": {"a": {"recipe_key": key, "sha256": sha}}}}
 
-    ref = {**got("0" * 64), "code_fingerprint": "f"}
-    same = gc.compare_digests(got("0" * 64), ref, "f")
-    assert same["all_match"] is True and same["reference_fresh"] and same["variants"]["avx2"]["a"] == "match"
-    diff = gc.compare_digests(got("1" * 64), ref, "g")
-    assert diff["all_match"] is False and not diff["reference_fresh"]
-    assert diff["variants"]["avx2"]["a"] == "DIFFERENT"
-    changed = gc.compare_digests(got("0" * 64, key="k2"), ref, "f")
-    assert changed["all_match"] is False and changed["variants"]["avx2"]["a"] == "recipe changed"
+    refs = {"references": {"2.a": {**got("0" * 64), "code_fingerprint": "f"},
+                           "2.b": {**got("1" * 64, torch="2.b"), "code_fingerprint": "f"}}}
+    same = gc.compare_digests(got("0" * 64), refs, "f")
+    assert same["all_match"] is True and same["same_torch_reference"]
+    assert same["all_match_any_torch"] == {"2.a": True, "2.b": False}
+    one = same["by_reference_torch"]["2.a"]
+    assert one["reference_fresh"] and one["same_torch"] and one["variants"]["avx2"]["a"] == "match"
+    assert same["by_reference_torch"]["2.b"]["variants"]["avx2"]["a"] == "DIFFERENT"
+    stale = gc.compare_digests(got("1" * 64), refs, "g")
+    assert stale["all_match"] is False and not stale["by_reference_torch"]["2.a"]["reference_fresh"]
+    changed = gc.compare_digests(got("0" * 64, key="k2"), refs, "f")
+    assert changed["all_match"] is False
+    assert changed["by_reference_torch"]["2.a"]["variants"]["avx2"]["a"] == "recipe changed"
+    other = gc.compare_digests(got("1" * 64, torch="2.c"), refs, "f")  # no same-torch reference
+    assert other["all_match"] is None and other["all_match_any_torch"] == {"2.a": False, "2.b": True}
     assert gc.compare_digests(got("0" * 64), None, "f") == {"reference": "none", "all_match": None}
 
 
