@@ -174,7 +174,7 @@ def test_the_old_c1_rule_is_caught_by_the_same_simulation():
     for _ in range(100):
         t = C.simulate_c1(DESIGN, rng, 0.0).assign(rm=lambda f: f["rm_adj"])
         hits += A.ci_separated(A.factor_intervals(t, "rm", n_boot=200))
-    assert hits / 100 > 0.5
+    assert hits / 100 > 0.2  # four times alpha or more
 
 
 def test_calibrate_table_and_summary():
