@@ -46,6 +46,9 @@ def factor_populations(profile: str | Profile, dataset: str | None = None,
     p = get_profile(profile)
     ds = _dataset(p, dataset)
     names = list(p.factors) if factors is None else list(factors)
+    if not names:
+        raise ValueError(f"factors={factors!r} names no factor; give None (all) or some of: "
+                         f"{', '.join(repr(k) for k in FACTORS if k in p.factors)}")
     for f in names:
         check_choice("factor", f, [k for k in FACTORS if k in p.factors])
     return {f: vary(p.base[ds], f, p.factors[f], p.replicates) for f in names}
