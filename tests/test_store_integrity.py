@@ -162,6 +162,14 @@ def test_legacy_entries_are_checked_by_parsing_and_upgraded(clean, tmp_path, cap
     assert rc == 0 and "0 legacy" in out
 
 
+def test_derived_entries_from_before_manifests_are_legacy_not_damage(tmp_path, capsys):
+    d = tmp_path / "derived" / "ab" / ("ab" + "0" * 62)
+    d.mkdir(parents=True)
+    (d / "measures.json").write_text('{"rm": 0.1}')  # as MEASURES_VERSION 2 wrote them
+    rc, out = verify(tmp_path, capsys)
+    assert rc == 0 and "1 legacy" in out
+
+
 def test_store_ls_lists_damage_instead_of_dying(clean, tmp_path, capsys):
     root = tmp_path / "store"
     shutil.copytree(clean[0], root)
