@@ -235,7 +235,10 @@ def ensure_intact(d: Path, kind: str | None = None) -> bool:
     sig = _signature(d)
     if _CHECKED.get(key) == sig:
         return True
-    problems, legacy = check_entry(d, kind)
+    try:
+        problems, legacy = check_entry(d, kind)
+    except FileNotFoundError:  # another process moved it to quarantine meanwhile
+        return False
     if problems:
         quarantine(d, problems)
         return False
