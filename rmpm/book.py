@@ -84,6 +84,20 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
     return time.perf_counter() - t0
 
 
+def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
+    """The notebooks named in ``only`` (None: all), checked before any work."""
+    nbs = notebook_paths()
+    if only is None:
+        return nbs
+    names = [p.stem for p in nbs]
+    if not only:
+        raise ValueError(f"only={list(only)!r} names no notebook; choose from: "
+                         f"{', '.join(names)} (or None for all)")
+    for o in only:
+        check_choice("notebook", o, names)
+    return [p for p in nbs if p.stem in only]
+
+
 @dataclass(frozen=True)
 class Build:
     """One book build: its id and the folder its result files live in."""
@@ -152,15 +166,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     """
     get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
-    nbs = notebook_paths()
-    if only is not None:
-        names = [p.stem for p in nbs]
-        if not only:
-            raise ValueError(f"only={list(only)!r} names no notebook; choose from: "
-                             f"{', '.join(names)} (or None for all)")
-        for o in only:
-            check_choice("notebook", o, names)
-        nbs = [p for p in nbs if p.stem in only]
+    nbs = select_notebooks(only)
     build = build or new_build(profile, builds_dir, inherit=bool(only))
     timings = {}
     with build_env(build):
@@ -289,6 +295,7 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
     :func:`rmpm.data.ensure`), so a missing one stops the build before any work.
     """
     p = get_profile(profile)
+    select_notebooks(only)  # bad names stop here, before any work
     from .data import clear_cache, ensure
     ensure(p.datasets)
     clear_cache()  # the notebooks' kernels load what they need; this process needs none
