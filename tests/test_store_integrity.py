@@ -162,6 +162,23 @@ def test_legacy_entries_are_checked_by_parsing_and_upgraded(clean, tmp_path, cap
     assert rc == 0 and "0 legacy" in out
 
 
+def test_derived_measures_are_recomputed_when_their_inputs_change(clean, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(clean[0], root)
+    store, pop, spec = Store(root), X.reference_population(TINY, "digits"), X.eval_spec(TINY)
+    r = pop.recipes[1]
+    e = store.eval(r, spec.key())
+    arrays, metrics = e.arrays(), e.metrics
+    arrays["probs:iid"] = np.roll(arrays["probs:iid"], 1, axis=0)  # a different evaluation
+    shutil.rmtree(e.path)
+    store.put_eval(r, spec.to_dict(), spec.key(), metrics, arrays)
+    with pytest.warns(StoreDamageWarning, match="is stale: inputs.json: its input entries have "
+                                                "changed"):
+        again = X.cached_population_measures(pop, TINY, store=store)
+    assert again["pm:iid"] != clean[1]["measures"]["pm:iid"]
+    assert again == X.population_measures(X.load_population(pop, TINY, store), TINY.svcca_keep)
+
+
 def test_derived_entries_from_before_manifests_are_legacy_not_damage(tmp_path, capsys):
     d = tmp_path / "derived" / "ab" / ("ab" + "0" * 62)
     d.mkdir(parents=True)
