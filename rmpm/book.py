@@ -4,16 +4,27 @@ render them with Jupyter Book 1.x.
 ``python -m rmpm book --profile smoke`` is what ``make book`` runs. Executed
 notebooks go to ``book/_executed`` (never committed); the trained models they
 need come from the store, so a second build retrains nothing.
+
+Every build writes its result files to a folder of its own,
+``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.results`),
+and the book's pages read only that folder; ``latest`` in the profile's folder
+names the last build that executed all its notebooks. ``--only`` starts a new
+build from a copy of the latest one's results, so it never rewrites a finished
+build either.
 """
 from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +48,18 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
-    """Refuse parameters the notebook does not declare (papermill would only warn)."""
+    """Refuse parameters the notebook does not declare (papermill would only warn),
+    and values that break :func:`rmpm.notebook.check_values` (the same check the
+    notebook itself makes when it runs), before anything is executed."""
+    from .notebook import check_values
     declared = notebook_parameters(path)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"{path.name} has no parameter(s) {', '.join(unknown)}; "
                          f"its parameters are: {', '.join(sorted(declared))}")
     # papermill reports defaults as source text, e.g. '"smoke"'
-    profile = get_profile(params["profile"] if "profile" in params
-                          else ast.literal_eval(declared["profile"]))
-    if params.get("dataset") is not None:
-        check_choice("dataset", params["dataset"], profile.datasets)
+    profile = params["profile"] if "profile" in params else ast.literal_eval(declared["profile"])
+    check_values(path.stem, {**params, "profile": profile})
 
 
 def kernel_name() -> str:
@@ -72,30 +84,109 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
     return time.perf_counter() - t0
 
 
+def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
+    """The notebooks named in ``only`` (None: all), checked before any work."""
+    nbs = notebook_paths()
+    if only is None:
+        return nbs
+    names = [p.stem for p in nbs]
+    if not only:
+        raise ValueError(f"only={list(only)!r} names no notebook; choose from: "
+                         f"{', '.join(names)} (or None for all)")
+    for o in only:
+        check_choice("notebook", o, names)
+    return [p for p in nbs if p.stem in only]
+
+
+@dataclass(frozen=True)
+class Build:
+    """One book build: its id and the folder its result files live in."""
+
+    profile: str
+    id: str
+    dir: Path
+
+    @property
+    def results_dir(self) -> Path:
+        return self.dir / "results"
+
+
+def builds_root() -> Path:
+    return paths.generated_dir() / "builds"
+
+
+def latest_build(profile: str, root: Path | None = None) -> Build | None:
+    """The last build of ``profile`` that executed all of its notebooks."""
+    d = (root or builds_root()) / profile
+    try:
+        bid = (d / "latest").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
+
+
+def new_build(profile: str, root: Path | None = None, inherit: bool = False) -> Build:
+    """A fresh build folder; with ``inherit`` it starts with a copy of the latest
+    build's results (for ``--only``: the other chapters' results stay available)."""
+    get_profile(profile)
+    d = (root or builds_root()) / profile
+    bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    b = Build(profile, bid, d / bid)
+    b.results_dir.mkdir(parents=True)
+    prev = latest_build(profile, root) if inherit else None
+    if prev is not None and prev.results_dir.is_dir():
+        for f in prev.results_dir.glob("*.json"):
+            shutil.copy2(f, b.results_dir / f.name)
+    return b
+
+
+@contextmanager
+def build_env(b: Build) -> Iterator[Build]:
+    """Point this process (and the notebook kernels it starts, which inherit the
+    environment) at the build's results folder."""
+    old = {k: os.environ.get(k) for k in ("RMPM_RESULTS", "RMPM_BUILD")}
+    os.environ["RMPM_RESULTS"], os.environ["RMPM_BUILD"] = str(b.results_dir), b.id
+    try:
+        yield b
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_notebooks(profile: str, only: Sequence[str] | None = None,
-                  out_dir: Path | None = None) -> dict[str, float]:
-    """Execute the book's notebooks under ``profile``; returns seconds per notebook."""
+                  out_dir: Path | None = None, build: Build | None = None,
+                  builds_dir: Path | None = None) -> dict[str, float]:
+    """Execute the book's notebooks under ``profile``; returns seconds per notebook.
+
+    Results go to ``build``'s folder (default: a new build under ``builds_dir``,
+    see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
+    """
     get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
-    nbs = notebook_paths()
-    if only:
-        names = [p.stem for p in nbs]
-        for o in only:
-            check_choice("notebook", o, names)
-        nbs = [p for p in nbs if p.stem in only]
+    nbs = select_notebooks(only)
+    build = build or new_build(profile, builds_dir, inherit=bool(only))
     timings = {}
-    for nb in nbs:
-        print(f"[rmpm book] executing {nb.name} (profile={profile})", flush=True)
-        timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
-        print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    with build_env(build):
+        for nb in nbs:
+            print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
+                  flush=True)
+            timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
+            print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    atomic_write_text(build.dir.parent / "latest", build.id + "\n")
     return timings
 
 
-def write_build_info(profile: str, timings: dict[str, float]) -> Path:
-    """Record what built the book; the reproducibility page reads it."""
+def write_build_info(profile: str, timings: dict[str, float],
+                     build: Build | None = None) -> Path:
+    """Record what built the book; the reproducibility page reads it (and the
+    build's result files: ``build``, default the profile's latest)."""
     import platform
 
     import torch
+    build = build or latest_build(profile)
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
@@ -107,10 +198,17 @@ def write_build_info(profile: str, timings: dict[str, float]) -> Path:
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
             "cuda": torch.cuda.is_available(), "git_commit": commit,
-            "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "build": build.id if build else None,
+            "results_dir": str(build.results_dir) if build else None}
     path = gen / "build_info.json"
     atomic_write_text(path, json.dumps(info, indent=1))
-    write_reproducibility_page(info)
+    if build is not None:
+        atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
+        with build_env(build):  # the page lists this build's result files, no others
+            write_reproducibility_page(info)
+    else:
+        write_reproducibility_page(info)
     return path
 
 
@@ -155,12 +253,16 @@ def reproducibility_page(info: dict[str, Any]) -> str:
     lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
     lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
+    where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
+             if info.get("build") else f"`{results.results_dir()}`")
     lines += [f"| **total** | **{info['total_s']:.1f}** |", "",
               "## Result files", "",
-              "Every number in the Claims page is read from one of these files "
-              "(`book/_generated/results/`); their SHA-256 digests:", "",
-              "| result | SHA-256 |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in results.digests().items()]
+              f"Every number in the Claims page is read from one of these files ({where}; "
+              "runs outside a book build write elsewhere and cannot change them); the build "
+              "that wrote each, and their SHA-256 digests:", "",
+              "| result | written by build | SHA-256 |", "|---|---|---|"]
+    lines += [f"| {k} | `{results.load(k).get('build', '?')}` | `{v}` |"
+              for k, v in results.digests().items()]
     lines += ["", "Trained models and evaluations live in the content-addressed store "
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]
@@ -193,14 +295,16 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
     :func:`rmpm.data.ensure`), so a missing one stops the build before any work.
     """
     p = get_profile(profile)
+    select_notebooks(only)  # bad names stop here, before any work
     from .data import clear_cache, ensure
     ensure(p.datasets)
     clear_cache()  # the notebooks' kernels load what they need; this process needs none
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
-    timings = run_notebooks(profile, only)
-    write_build_info(profile, timings)
+    b = new_build(profile, inherit=bool(only))
+    timings = run_notebooks(profile, only, build=b)
+    write_build_info(profile, timings, b)
     index = build_html(strict)
     print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
           f"total {time.perf_counter() - t0:.0f} s")

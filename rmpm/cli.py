@@ -4,7 +4,7 @@ Commands:
   book      execute the notebooks under a profile and build the HTML book
   train     train (and evaluate) a profile's model populations, resumably
   data      make sure a data set is present (offline files or download)
-  store     list the store or sweep temporary folders left by killed runs
+  store     list the store, verify (and repair) it, or sweep temporary folders
   calibrate false-positive rate and power of every verdict rule, by simulation
 """
 from __future__ import annotations
@@ -57,14 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.05)
 
-    p = sub.add_parser("store", help="inspect the result store")
-    p.add_argument("action", choices=["ls", "sweep"])
-    p.add_argument("--store", default=None)
+    p = sub.add_parser("store", help="inspect, verify or repair the result store")
+    p.add_argument("action", choices=["ls", "verify", "sweep"],
+                   help="ls: list trained models; verify: check every entry against its "
+                        "manifest (exit 1 naming each damaged one); sweep: remove temporary "
+                        "folders left by killed runs")
+    p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
+    p.add_argument("--repair", action="store_true",
+                   help="with verify: move damaged entries to the store's quarantine/ folder "
+                        "(the next run recomputes them) and add manifests to legacy entries")
 
     args = parser.parse_args(argv)
+    if getattr(args, "repair", False) and args.action != "verify":
+        parser.error("--repair only goes with `store verify`")
     try:
         return _dispatch(args)
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError) as e:  # incl. StoreWriteError, DamagedEntryError
         print(f"rmpm {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -77,14 +85,31 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
+def _names_given(option: str, names: list[str] | None, allowed) -> None:
+    """``--option`` with no names after it is a mistake, not "all" or "none"."""
+    if names is not None and not names:
+        raise ValueError(f"{option} needs at least one name; choose from: "
+                         f"{', '.join(allowed)} (or leave {option} out for all)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "book":
-        from .book import build
+        from .book import build, notebook_paths
+        _names_given("--only", args.only, [p.stem for p in notebook_paths()])
         build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean)
         return 0
     if args.command == "train":
         from .experiments import eval_spec, profile_recipes
+        from .profiles import get_profile
+        from .recipe import FACTORS
         from .runs import plan_table, run_recipes, shard, summary_table
+        from .store import Store
+        from .train import resolve_device
+        p = get_profile(args.profile)
+        _names_given("--dataset", args.dataset, p.datasets)
+        _names_given("--factor", args.factor, [f for f in FACTORS if f in p.factors])
+        if not args.dry_run:
+            resolve_device(args.device, name="--device")  # before any data is loaded
         recipes = profile_recipes(args.profile, datasets=args.dataset, factors=args.factor,
                                   reference_only=args.reference)
         if args.shard is not None:
@@ -93,6 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(plan_table(recipes, spec, args.store))
             return 0
+        Store(args.store).check_writable()  # a read-only or full disk stops here, not at the end
         from .data import ensure
         ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
         results = run_recipes(recipes, spec, args.store, device=args.device)
@@ -125,13 +151,50 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "store":
         from .store import Store
-        store = Store(args.store)
+        store = Store(args.store).require_existing()
         if args.action == "sweep":
             print(f"removed {store.sweep()} temporary folder(s) from {store.root}")
-        else:
-            for e in store.models():
-                r, m = e.recipe, e.metrics
-                print(f"{e.path.name[:12]} {r.dataset:14} {r.arch:6} w={r.width:<3} "
-                      f"ep={r.epochs:<3} test_acc={m['test_acc']:.4f}")
-        return 0
+            return 0
+        if args.action == "verify":
+            return _verify(store, args.repair)
+        return _ls(store)
     raise AssertionError(args.command)
+
+
+def _ls(store) -> int:
+    """One row per trained model; a damaged entry is a DAMAGED row (not a crash)."""
+    from .store import ModelEntry, check_entry
+    damaged = 0
+    for d in store.entry_dirs("models"):
+        problems, _ = check_entry(d, "models")
+        if problems:
+            damaged += 1
+            print(f"{d.name[:12]} DAMAGED: {'; '.join(problems)}")
+            continue
+        e = ModelEntry(d)
+        r, m = e.recipe, e.metrics
+        print(f"{d.name[:12]} {r.dataset:14} {r.arch:6} w={r.width:<3} "
+              f"ep={r.epochs:<3} test_acc={m['test_acc']:.4f}")
+    if damaged:
+        print(f"rmpm store: {damaged} damaged model entr{'y' if damaged == 1 else 'ies'}; "
+              "`python -m rmpm store verify --repair` moves them to quarantine and the next "
+              "run recomputes them", file=sys.stderr)
+    return 1 if damaged else 0
+
+
+def _verify(store, repair: bool) -> int:
+    reports = store.verify(repair=repair)
+    bad = [r for r in reports if not r.ok]
+    for r in bad:
+        rel = r.path.relative_to(store.root)
+        where = f" -> moved to {r.moved_to}" if r.moved_to else ""
+        print(f"DAMAGED {rel}: {'; '.join(r.problems)}{where}")
+    legacy = sum(r.legacy and r.ok for r in reports)
+    print(f"checked {len(reports)} entries in {store.root}: {len(bad)} damaged, "
+          f"{legacy} legacy (no manifest; {'manifest added' if repair else 'checked by parsing'})")
+    if bad:
+        print("the damaged entries " + ("were moved to quarantine/; the next run recomputes them"
+                                        if repair else "are recomputed by the next run (which "
+                                        "moves them to quarantine/), or run `python -m rmpm store "
+                                        "verify --repair` now"), file=sys.stderr)
+    return 1 if bad else 0

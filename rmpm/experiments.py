@@ -46,6 +46,9 @@ def factor_populations(profile: str | Profile, dataset: str | None = None,
     p = get_profile(profile)
     ds = _dataset(p, dataset)
     names = list(p.factors) if factors is None else list(factors)
+    if not names:
+        raise ValueError(f"factors={factors!r} names no factor; give None (all) or some of: "
+                         f"{', '.join(repr(k) for k in FACTORS if k in p.factors)}")
     for f in names:
         check_choice("factor", f, [k for k in FACTORS if k in p.factors])
     return {f: vary(p.base[ds], f, p.factors[f], p.replicates) for f in names}
@@ -278,8 +281,9 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
     return pd.DataFrame(rows)
 
 
-#: bump when population_measures changes what it computes
-MEASURES_VERSION = 3
+#: bump when population_measures changes what it computes (3: hidden-layer and
+#: chance-adjusted RM; 4: entries record their inputs)
+MEASURES_VERSION = 4
 
 
 def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",
@@ -288,17 +292,37 @@ def cached_population_measures(pop: Population, profile: str | Profile, conv: st
 
     The measures are a pure function of the population's stored evaluations, so
     they are kept under ``derived/`` keyed by the models, the eval spec and the
-    options; every chapter that needs them then computes SVCCA once.
+    options; every chapter that needs them then computes SVCCA once. The entry
+    records the content digests of the model and evaluation entries it was
+    computed from (``inputs.json``); when those differ from the store's current
+    entries (one was damaged and recomputed, say) the stale measures are moved
+    to quarantine and recomputed. Its files are checked like every store entry.
     """
     from .recipe import content_key
-    from .store import commit_dir
+    from .store import (DamagedEntryError, commit_dir, ensure_intact, kind_of, quarantine,
+                        read_verified)
     p = get_profile(profile)
     st = store if isinstance(store, Store) else Store(store)
+    spec_key = eval_spec(p).key()
     key = content_key({"v": MEASURES_VERSION, "models": list(pop.keys),
-                       "spec": eval_spec(p).key(), "conv": conv, "keep": p.svcca_keep})
-    path = st.root / "derived" / key[:2] / key
-    if (path / "measures.json").is_file():
-        return json.loads((path / "measures.json").read_text())
+                       "spec": spec_key, "conv": conv, "keep": p.svcca_keep})
+    path = st.derived_dir(key)
+    # the inputs must be stored intact (KeyError naming a missing one otherwise)
+    entries = [e for r in pop.recipes for e in (st.model(r), st.eval(r, spec_key))]
+    inputs = {f"{kind_of(e.path)}/{e.path.name}": e.digest for e in entries}
+    if ensure_intact(path, "derived"):
+        try:
+            if json.loads(read_verified(path, "inputs.json")) == inputs:
+                return json.loads(read_verified(path, "measures.json"))
+            quarantine(path, ["inputs.json: its input entries have changed since"],
+                       reason="stale")
+        except DamagedEntryError:
+            pass  # quarantined with a warning; recompute below
     measures = population_measures(load_population(pop, p, st), p.svcca_keep, conv)
-    commit_dir(path, lambda d: (d / "measures.json").write_text(json.dumps(measures)))
+
+    def write(d):
+        (d / "measures.json").write_text(json.dumps(measures))
+        (d / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+
+    commit_dir(path, write)
     return measures

@@ -74,14 +74,23 @@ def predictions(probs) -> np.ndarray:
     return as_probs(probs).argmax(axis=2)
 
 
-def _labels(labels, n: int) -> np.ndarray:
+def _labels(labels, n: int, k: int | None = None) -> np.ndarray:
+    """Labels as int64 class indices, shape (n,), each in [0, k) when ``k`` is given."""
     y = np.asarray(labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels)
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) to match probs; got {y.shape}")
+    allowed = "integer class indices" + (f" 0 to {k - 1} (probs has {k} classes)" if k else "")
+    if y.dtype.kind not in "iuf":  # strings, objects, booleans are not class indices
+        raise ValueError(f"labels must be {allowed}; got dtype {y.dtype}"
+                         + (f" (e.g. {y.flat[0]!r})" if y.size else ""))
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("labels must be integer class indices")
+        if not (np.isfinite(y).all() and np.all(np.equal(np.mod(y, 1), 0))):
+            raise ValueError(f"labels must be {allowed}; got non-integer values")
         y = y.astype(np.int64)
+    if k is not None and y.size and (y.min() < 0 or y.max() >= k):
+        bad = y[(y < 0) | (y >= k)]
+        raise ValueError(f"labels must be {allowed}; got {len(bad)} out of range "
+                         f"(e.g. {int(bad[0])})")
     return y
 
 
@@ -139,7 +148,7 @@ def rashomon_set(probs, reference: int = 0, epsilon: float | None = None,
     check_range("epsilon", epsilon, 0.0, 1.0)
     if labels is None:
         raise ValueError("epsilon needs labels: the Rashomon set is defined by error rates")
-    y = _labels(labels, p.shape[1])
+    y = _labels(labels, p.shape[1], p.shape[2])
     err = (p.argmax(axis=2) != y[None]).mean(axis=1)
     # tiny slack so models exactly epsilon worse (a rational error rate) are in
     return np.flatnonzero(err <= err[reference] + epsilon + 1e-12)
@@ -242,7 +251,7 @@ def rashomon_capacity(probs, n_iter: int = 1000, tol: float = 1e-3,
 def accuracies(probs, labels) -> np.ndarray:
     """Accuracy of every model on the labelled inputs, (M,)."""
     p = as_probs(probs)
-    y = _labels(labels, p.shape[1])
+    y = _labels(labels, p.shape[1], p.shape[2])
     return (p.argmax(axis=2) == y[None]).mean(axis=1)
 
 
@@ -267,7 +276,7 @@ def summary(probs, labels=None, reference: int = 0) -> dict[str, float]:
     }
     if labels is not None:
         acc = accuracies(p, labels)
-        y = _labels(labels, n)
+        y = _labels(labels, n, p.shape[2])
         out.update(accuracy_mean=float(acc.mean()), accuracy_std=float(acc.std()),
                    accuracy_min=float(acc.min()), accuracy_max=float(acc.max()),
                    ensemble_accuracy=float((p.mean(axis=0).argmax(axis=1) == y).mean()))

@@ -1,8 +1,20 @@
 """Small JSON result files that notebooks write and the Claims and
 reproducibility pages read: every number in those pages traces back to one.
 
-Files live in ``book/_generated/results/<name>.json`` (see :mod:`rmpm.paths`)
-and are written atomically (temp file, then rename).
+Where they go decides who can overwrite them, so:
+
+- a book build (``rmpm book``) gives every build its own folder,
+  ``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book`),
+  passed to the notebooks' kernels in ``RMPM_RESULTS`` with the build id in
+  ``RMPM_BUILD``; the book's pages read only that folder, and no later run
+  writes into it;
+- any other run (JupyterLab, plain papermill, a script) writes to the
+  *interactive* folder :func:`interactive_dir` (``<cache>/results``), so running
+  a chapter by hand can never change a finished book's results;
+- ``RMPM_RESULTS`` set by hand picks any other folder (tests do).
+
+Every file records the profile and the build that wrote it, and is written
+atomically (temp file, then rename).
 """
 from __future__ import annotations
 
@@ -18,6 +30,9 @@ import numpy as np
 
 from . import paths
 from .store import atomic_write_text
+
+#: the build id of results written outside a book build
+INTERACTIVE = "interactive"
 
 
 def _clean(obj: Any) -> Any:
@@ -35,16 +50,28 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def interactive_dir() -> Path:
+    """Where results of runs outside a book build go (never a build's folder)."""
+    return paths.cache_root() / "results"
+
+
+def current_build() -> str:
+    """The id of the book build this process belongs to, or ``"interactive"``."""
+    return os.environ.get("RMPM_BUILD") or INTERACTIVE
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("RMPM_RESULTS", paths.generated_dir() / "results"))
+    env = os.environ.get("RMPM_RESULTS")
+    return Path(env) if env else interactive_dir()
 
 
 def save(name: str, profile: str, values: dict[str, Any]) -> Path:
-    """Write ``values`` as result ``name`` (a notebook's stem), tagged with the profile."""
+    """Write ``values`` as result ``name`` (a notebook's stem), tagged with the
+    profile and the build (see the module docstring for where it goes)."""
     d = results_dir()
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.json"
-    atomic_write_text(path, json.dumps({"name": name, "profile": profile,
+    atomic_write_text(path, json.dumps({"name": name, "profile": profile, "build": current_build(),
                                         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "values": _clean(values)}, indent=1, sort_keys=True))
     return path

@@ -100,6 +100,8 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     for r in unique:
         if r not in todo:  # already complete in the store
             out[r.key()] = RunResult(r, store.model(r), store.eval(r, spec.key()), False)
+    if todo:
+        store.check_writable()  # a read-only or full store stops now, not after training
 
     def data_for(dataset: str) -> TrainData:
         nonlocal data_cache

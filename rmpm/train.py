@@ -27,10 +27,32 @@ from .recipe import Recipe
 CURVE_TEST_SIZE = 1000
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def resolve_device(device: str | torch.device | None = "auto",
+                   name: str = "device") -> torch.device:
+    """``auto`` (CUDA if PyTorch sees a GPU, else CPU) or a device that exists here;
+    anything else is one clear error naming ``name`` and the allowed values, raised
+    before any data is loaded."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    allowed = f"choose one of: {', '.join(DEVICES)} (N: a GPU index)"
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}={device!r} is not a device; {allowed}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}={device!r} is not supported; {allowed}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r}: PyTorch sees no CUDA GPU on this machine "
+                         "(torch.cuda.is_available() is False); use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} "
+                         f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r}: no Apple MPS device here; use cpu or auto")
+    return dev
 
 
 @dataclass
