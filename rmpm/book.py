@@ -72,6 +72,19 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
     return time.perf_counter() - t0
 
 
+def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
+    """In the executed copy ``out`` of ``path``, replace papermill's two parameter cells
+    (the notebook's defaults, then the injected values) by one table of the values the
+    page ran with (:func:`rmpm.notebook.present_parameters`)."""
+    import nbformat
+    import papermill as pm
+
+    from .notebook import present_parameters
+    nb = present_parameters(nbformat.read(out, as_version=4),
+                            pm.inspect_notebook(str(path)), params)
+    atomic_write_text(out, nbformat.writes(nb))
+
+
 def run_notebooks(profile: str, only: Sequence[str] | None = None,
                   out_dir: Path | None = None) -> dict[str, float]:
     """Execute the book's notebooks under ``profile``; returns seconds per notebook."""
@@ -87,6 +100,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     for nb in nbs:
         print(f"[rmpm book] executing {nb.name} (profile={profile})", flush=True)
         timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
+        show_parameters(nb, out_dir / nb.name, {"profile": profile})
         print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
     return timings
 

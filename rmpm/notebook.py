@@ -1,5 +1,11 @@
-"""Helpers every notebook uses at its top: the profile banner and the seed line."""
+"""Helpers every notebook uses at its top (the profile banner), and the table of
+parameters the book build puts in place of papermill's parameter cells."""
 from __future__ import annotations
+
+import ast
+import copy
+import re
+from typing import Any
 
 from .profiles import Profile, get_profile
 
@@ -22,3 +28,101 @@ def banner(profile: str | Profile) -> str:
 def show_banner(profile: str | Profile) -> None:
     from IPython.display import Markdown, display
     display(Markdown(banner(profile)))
+
+
+# --- the parameter table of an executed chapter --------------------------------------
+# papermill leaves two cells in its output: the notebook's own defaults (tagged
+# ``parameters``) and the values it injected (``injected-parameters``), one after the
+# other. A reader of the book would see ``profile = "smoke"`` followed by
+# ``profile = "default"``. The book shows one table of the values the page ran with
+# instead, and hides both cells (Jupyter Book's ``remove-cell`` tag).
+
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+PARAMETER_CELL_ID = "rmpm-parameter-table"
+
+# "None: <phrase>" in a parameter's comment -> the value it stands for under a profile
+_PROFILE_PHRASES = {
+    "the profile's first data set": lambda p: p.datasets[0],
+    "the profile's data sets": lambda p: list(p.datasets),
+    "every factor of the profile": lambda p: list(p.factors),
+    "the profile's first corruption": lambda p: p.corruptions[0] if p.corruptions else None,
+    "the profile's highest severity": lambda p: max(p.severities),
+}
+_PROFILE_FIELDS = ("reference_seeds", "n_probe", "n_boot", "svcca_keep", "replicates", "n_test")
+
+
+def resolve_default(help_text: str, profile: str | Profile) -> tuple[bool, Any]:
+    """What a parameter left at ``None`` stands for, read from its comment
+    (``None: the profile's n_boot``); ``(False, None)`` when the comment names no
+    profile value this function knows."""
+    p = get_profile(profile)
+    after = help_text.split("None:", 1)[1].strip() if "None:" in help_text else ""
+    for phrase, get in _PROFILE_PHRASES.items():
+        if after.startswith(phrase):
+            return True, get(p)
+    m = re.match(r"the profile's (\w+)", after)
+    if m and m.group(1) in _PROFILE_FIELDS:
+        return True, getattr(p, m.group(1))
+    return False, None
+
+
+def _cell_text(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def parameter_table(declared: dict[str, dict[str, Any]], params: dict[str, Any]) -> str:
+    """Markdown for the values a chapter ran with and where each came from.
+
+    ``declared`` is papermill's ``inspect_notebook`` of the source notebook (name ->
+    ``default`` as source text, ``help`` from its comment); ``params`` are the values
+    the build passed (they win over the defaults).
+    """
+    profile = params["profile"] if "profile" in params else ast.literal_eval(
+        declared["profile"]["default"])
+    p = get_profile(profile)
+    rows = []
+    for name, spec in declared.items():
+        if name in params:
+            value, source = f"`{params[name]!r}`", "this build"
+        else:
+            value, source = f"`{spec['default']}`", "notebook default"
+            if spec["default"] == "None":
+                known, resolved = resolve_default(spec.get("help") or "", p)
+                if known:
+                    value, source = f"`{resolved!r}`", f"profile `{p.name}` (parameter `None`)"
+        rows.append(f"| `{name}` | {_cell_text(value)} | {source} | "
+                    f"{_cell_text(spec.get('help') or '')} |")
+    return "\n".join([
+        ":::{admonition} Parameters of this page",
+        ":class: note rmpm-parameters",
+        f"This page ran with profile **`{p.name}`**. Rerun it with other values in "
+        "JupyterLab (its first code cell) or with papermill's `-p name value`.",
+        "",
+        "| parameter | value | from | meaning |",
+        "|---|---|---|---|",
+        *rows,
+        ":::",
+    ])
+
+
+def present_parameters(nb: Any, declared: dict[str, dict[str, Any]],
+                       params: dict[str, Any]) -> Any:
+    """A copy of an executed notebook whose two parameter cells are removed from the
+    rendered page (tag ``remove-cell``) and followed by one :func:`parameter_table`."""
+    import nbformat
+    nb = copy.deepcopy(nb)
+    idx = [i for i, c in enumerate(nb.cells)
+           if set(c.metadata.get("tags", [])) & set(PARAMETER_TAGS)]
+    if not idx:
+        raise ValueError("the notebook has no cell tagged 'parameters' or 'injected-parameters'")
+    for i in idx:
+        tags = nb.cells[i].metadata.setdefault("tags", [])
+        if "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nb.cells = [c for c in nb.cells if c.get("id") != PARAMETER_CELL_ID]  # idempotent
+    idx = [i for i, c in enumerate(nb.cells)
+           if set(c.metadata.get("tags", [])) & set(PARAMETER_TAGS)]
+    cell = nbformat.v4.new_markdown_cell(parameter_table(declared, params))
+    cell["id"] = PARAMETER_CELL_ID
+    nb.cells.insert(idx[-1] + 1, cell)
+    return nb
