@@ -75,14 +75,15 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
 def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
     """In the executed copy ``out`` of ``path``, replace papermill's two parameter cells
     (the notebook's defaults, then the injected values) by one table of the values the
-    page ran with (:func:`rmpm.notebook.present_parameters`)."""
+    page ran with (:func:`rmpm.notebook.present_parameters`), and give each captioned
+    figure cell its image alone (:func:`rmpm.notebook.split_figure_outputs`)."""
     import nbformat
     import papermill as pm
 
-    from .notebook import present_parameters
+    from .notebook import present_parameters, split_figure_outputs
     nb = present_parameters(nbformat.read(out, as_version=4),
                             pm.inspect_notebook(str(path)), params)
-    atomic_write_text(out, nbformat.writes(nb))
+    atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
 
 
 def run_notebooks(profile: str, only: Sequence[str] | None = None,

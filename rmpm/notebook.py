@@ -126,3 +126,66 @@ def present_parameters(nb: Any, declared: dict[str, dict[str, Any]],
     cell["id"] = PARAMETER_CELL_ID
     nb.cells.insert(idx[-1] + 1, cell)
     return nb
+
+
+# --- numbered figures -----------------------------------------------------------------
+# A chapter's figure is a code cell whose metadata carries a MyST-NB caption and label,
+#   "mystnb": {"figure": {"name": "fig-<chapter>-<what>", "caption": "..."}}
+# which the text cites as {numref}`fig-<chapter>-<what>`. MyST-NB wraps *every* display
+# output of such a cell in a figure with that label, so a cell that also shows a table
+# would give two figures with one label. The build therefore splits such a cell of the
+# executed copy in two or three: the outputs before the image, the image (the only
+# output of the figure cell), the outputs after it; only the first piece shows the input.
+
+def _is_display(output: Any) -> bool:
+    return output.get("output_type") in ("display_data", "execute_result")
+
+
+def _is_image(output: Any) -> bool:
+    return _is_display(output) and any(k.startswith("image/") for k in output.get("data", {}))
+
+
+def split_figure_outputs(nb: Any) -> Any:
+    """A copy of an executed notebook in which every captioned figure cell shows exactly
+    one image and no other display output (see the comment above). A captioned cell
+    that showed no image loses its caption; one that showed several is refused."""
+    nb = copy.deepcopy(nb)
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        fig = cell.metadata.get("mystnb", {}).get("figure") if cell.cell_type == "code" else None
+        if not fig:
+            cells.append(cell)
+            continue
+        outputs = cell.get("outputs", [])
+        images = [j for j, o in enumerate(outputs) if _is_image(o)]
+        if len(images) > 1:
+            raise ValueError(f"cell {i} (figure {fig.get('name')!r}) shows {len(images)} images; "
+                             "a captioned figure cell must show exactly one")
+        if not images:
+            cell.metadata["mystnb"] = {k: v for k, v in cell.metadata["mystnb"].items()
+                                       if k != "figure"}
+            cells.append(cell)
+            continue
+        if sum(map(_is_display, outputs)) == 1:
+            cells.append(cell)
+            continue
+        j = images[0]
+        pieces = [(outputs[:j], False), ([outputs[j]], True), (outputs[j + 1:], False)]
+        shown_input = False
+        for k, (outs, is_fig) in enumerate(pieces):
+            if not outs:
+                continue
+            piece = copy.deepcopy(cell)
+            piece["id"] = f"{cell.get('id', i)}-{k}"
+            piece.outputs = outs
+            if not is_fig:
+                piece.metadata["mystnb"] = {kk: v for kk, v in piece.metadata["mystnb"].items()
+                                            if kk != "figure"}
+            if shown_input:
+                tags = piece.metadata.setdefault("tags", [])
+                if "remove-input" not in tags:
+                    tags.append("remove-input")
+            shown_input = True
+            cells.append(piece)
+    nb.cells = cells
+    return nb
