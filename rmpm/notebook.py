@@ -95,6 +95,7 @@ def parameter_table(declared: dict[str, dict[str, Any]], params: dict[str, Any])
     return "\n".join([
         ":::{admonition} Parameters of this page",
         ":class: note rmpm-parameters",
+        "",
         f"This page ran with profile **`{p.name}`**. Rerun it with other values in "
         "JupyterLab (its first code cell) or with papermill's `-p name value`.",
         "",

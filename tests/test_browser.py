@@ -142,7 +142,7 @@ def _load(page, url: str) -> dict:
 def test_every_page_loads_offline_with_images_and_typeset_maths(browser, book_html):
     ctx = _offline_context(browser)
     formulas, problems = 0, {}
-    for rel in ["index.html"] + toc_pages():
+    for rel in toc_pages():
         page = ctx.new_page()
         s = _load(page, (book_html / rel).as_uri())
         raw = RAW_TEX.findall(s["text"])
@@ -166,7 +166,10 @@ def test_every_page_loads_offline_with_images_and_typeset_maths(browser, book_ht
 def test_navigation_reaches_every_chapter(browser, book_html):
     ctx = _offline_context(browser)
     page = ctx.new_page()
+    # index.html sends the reader to the first page
     page.goto((book_html / "index.html").as_uri())
+    page.wait_for_url((book_html / toc_pages()[0]).as_uri())
+    page.wait_for_load_state("load")
     want = {(book_html / p).resolve() for p in toc_pages()}
 
     def local(href: str) -> Path:
@@ -308,6 +311,9 @@ def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
     # save, and read what the Lab holds from disk: the notebook's own outputs
     page.keyboard.press("Control+s")
     page.wait_for_timeout(1500)
+    news = page.locator("button", has_text=re.compile(r"^No$"))  # the "Jupyter news?" toast
+    if news.count():
+        news.first.click()
     _screenshot(page, "jupyterlab_after_run_all")
     shown = page.eval_on_selector_all(
         ".jp-OutputArea-output", "os => os.map(o => o.textContent)")
