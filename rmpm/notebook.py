@@ -66,6 +66,14 @@ def resolve_default(help_text: str, profile: str | Profile) -> tuple[bool, Any]:
     return False, None
 
 
+def _literal(source: str) -> str:
+    """A default as the same repr as an injected value ('smoke', not "smoke")."""
+    try:
+        return repr(ast.literal_eval(source))
+    except (ValueError, SyntaxError):
+        return source
+
+
 def _cell_text(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -85,11 +93,11 @@ def parameter_table(declared: dict[str, dict[str, Any]], params: dict[str, Any])
         if name in params:
             value, source = f"`{params[name]!r}`", "this build"
         else:
-            value, source = f"`{spec['default']}`", "notebook default"
+            value, source = f"`{_literal(spec['default'])}`", "notebook default"
             if spec["default"] == "None":
                 known, resolved = resolve_default(spec.get("help") or "", p)
                 if known:
-                    value, source = f"`{resolved!r}`", f"profile `{p.name}` (parameter `None`)"
+                    value, source = f"`{resolved!r}`", f"profile `{p.name}`"
         rows.append(f"| `{name}` | {_cell_text(value)} | {source} | "
                     f"{_cell_text(spec.get('help') or '')} |")
     return "\n".join([

@@ -217,9 +217,11 @@ def test_chapters_show_one_parameter_table_and_numbered_figures(browser, book_ht
             tables.first.scroll_into_view_if_needed()
             _screenshot(page, "book_parameter_table")
             ref = page.locator("span.std-numref").first
-            if ref.count():
-                ref.scroll_into_view_if_needed()
-                _screenshot(page, "book_figure_reference")
+            ref.scroll_into_view_if_needed()
+            _screenshot(page, "book_figure_reference")
+            ref.click()  # the reference leads to its figure
+            page.wait_for_url(re.compile(r"#fig-"))
+            _screenshot(page, "book_numbered_figure")
     assert figures > 0, "no numbered figures in the book"
     ctx.close()
 

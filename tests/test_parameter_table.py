@@ -51,7 +51,7 @@ def test_table_names_each_value_once_with_its_source(declared):
     assert [r.split("`")[1] for r in rows] == ["profile", "dataset", "n_boot", "keep", "seed"]
     assert "| `profile` | `'default'` | this build |" in text
     assert "profile **`default`**" in text and "smoke`" not in text.split("| `profile`")[0]
-    assert f"| `n_boot` | `{p.n_boot!r}` | profile `default` (parameter `None`) |" in text
+    assert f"| `n_boot` | `{p.n_boot!r}` | profile `default` |" in text
     assert f"| `dataset` | `{p.datasets[0]!r}` | profile `default`" in text
     assert "| `keep` | `None` | notebook default |" in text  # unknown phrase: left as it is
     assert "| `seed` | `0` | notebook default |" in text
@@ -60,7 +60,7 @@ def test_table_names_each_value_once_with_its_source(declared):
 
 def test_without_injected_values_the_notebook_default_profile_is_used(declared):
     text = parameter_table(declared, {})
-    assert "| `profile` | `\"smoke\"` | notebook default |" in text
+    assert "| `profile` | `'smoke'` | notebook default |" in text
     assert f"`{get_profile('smoke').n_boot!r}` | profile `smoke`" in text
 
 
