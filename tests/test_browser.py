@@ -313,9 +313,9 @@ def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
     # save, and read what the Lab holds from disk: the notebook's own outputs
     page.keyboard.press("Control+s")
     page.wait_for_timeout(1500)
-    news = page.locator("button", has_text=re.compile(r"^No$"))  # the "Jupyter news?" toast
-    if news.count():
-        news.first.click()
+    # out of the screenshot's way: the "Jupyter news?" toast
+    page.add_style_tag(content=".Toastify { display: none !important; }")
+    page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
     _screenshot(page, "jupyterlab_after_run_all")
     shown = page.eval_on_selector_all(
         ".jp-OutputArea-output", "os => os.map(o => o.textContent)")
