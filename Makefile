@@ -1,6 +1,8 @@
 # rmpm: two commands do everything (see README.md)
 #   make book [PROFILE=smoke|default|paper]   set up, execute every notebook, build the HTML book
 #   make test                                  set up, run the tests
+#   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)")
+#   make check-browser                         the built book and JupyterLab, checked in chromium
 PROFILE ?= default
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +10,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pins: the versions the project is tested with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data book test lab bench clean
+.PHONY: setup data book test lab check-browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +37,30 @@ book: setup
 test: setup
 	$(PY) -m pytest
 
+# Extra options for JupyterLab, e.g. LAB_ARGS="--ip=0.0.0.0 --port=8888" to reach it
+# from outside a container. As root (a container, CI) it needs --allow-root.
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	@echo "[rmpm lab] open the http://127.0.0.1:...?token=... address printed below in a browser"
+	@echo "[rmpm lab] (from another machine: ssh -L 8888:localhost:8888, or LAB_ARGS=--ip=0.0.0.0);"
+	@echo "[rmpm lab] pick the kernel \"Python (rmpm)\". Stop it with Ctrl-C."
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+# The book as a reader meets it, and a chapter run in JupyterLab, in Debian's chromium
+# driven by Playwright (no browser download): installs chromium (as root, apt-get) and
+# Playwright if missing, builds the smoke book if there is none, then runs the tests
+# marked "browser" (tests/test_browser.py). Screenshots go to _build/screens/.
+CHROMIUM ?= /usr/bin/chromium
+check-browser: setup
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y chromium || (apt-get update && apt-get install -y chromium); \
+	  else echo "make check-browser needs Debian's chromium at $(CHROMIUM): apt-get install chromium (as root)"; exit 1; fi; \
+	fi
+	$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -e '.[browser]'
+	test -f _build/html/index.html || $(PY) -m rmpm book --profile smoke
+	RMPM_BROWSER_REQUIRED=1 RMPM_CHROMIUM=$(CHROMIUM) RMPM_SCREENSHOTS=_build/screens \
+	  $(PY) -m pytest -m browser -v -p no:cacheprovider tests/test_browser.py
 
 bench: setup
 	$(PY) benchmarks/bench_similarity.py

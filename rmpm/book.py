@@ -155,6 +155,19 @@ def build_env(b: Build) -> Iterator[Build]:
             else:
                 os.environ[k] = v
 
+def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
+    """In the executed copy ``out`` of ``path``, replace papermill's two parameter cells
+    (the notebook's defaults, then the injected values) by one table of the values the
+    page ran with (:func:`rmpm.notebook.present_parameters`), and give each captioned
+    figure cell its image alone (:func:`rmpm.notebook.split_figure_outputs`)."""
+    import nbformat
+    import papermill as pm
+
+    from .notebook import present_parameters, split_figure_outputs
+    nb = present_parameters(nbformat.read(out, as_version=4),
+                            pm.inspect_notebook(str(path)), params)
+    atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
+
 
 def run_notebooks(profile: str, only: Sequence[str] | None = None,
                   out_dir: Path | None = None, build: Build | None = None,
@@ -174,6 +187,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
             print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
                   flush=True)
             timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
+            show_parameters(nb, out_dir / nb.name, {"profile": profile})
             print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
     atomic_write_text(build.dir.parent / "latest", build.id + "\n")
     return timings

@@ -1,5 +1,11 @@
-"""Helpers every notebook uses at its top: the profile banner and the seed line."""
+"""Helpers every notebook uses at its top (the profile banner), and the table of
+parameters the book build puts in place of papermill's parameter cells."""
 from __future__ import annotations
+
+import ast
+import copy
+import re
+from typing import Any
 
 from .profiles import Profile, get_profile
 
@@ -213,3 +219,172 @@ def _same_type(name, v, default) -> None:
     if not ok:
         raise ValueError(f"{name}={v!r} must be a {type(default).__name__} like its "
                          f"default {default!r}")
+
+# --- the parameter table of an executed chapter --------------------------------------
+# papermill leaves two cells in its output: the notebook's own defaults (tagged
+# ``parameters``) and the values it injected (``injected-parameters``), one after the
+# other. A reader of the book would see ``profile = "smoke"`` followed by
+# ``profile = "default"``. The book shows one table of the values the page ran with
+# instead, and hides both cells (Jupyter Book's ``remove-cell`` tag).
+
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+PARAMETER_CELL_ID = "rmpm-parameter-table"
+
+# "None: <phrase>" in a parameter's comment -> the value it stands for under a profile
+_PROFILE_PHRASES = {
+    "the profile's first data set": lambda p: p.datasets[0],
+    "the profile's data sets": lambda p: list(p.datasets),
+    "every factor of the profile": lambda p: list(p.factors),
+    "the profile's first corruption": lambda p: p.corruptions[0] if p.corruptions else None,
+    "the profile's highest severity": lambda p: max(p.severities),
+}
+_PROFILE_FIELDS = ("reference_seeds", "n_probe", "n_boot", "svcca_keep", "replicates", "n_test")
+
+
+def resolve_default(help_text: str, profile: str | Profile) -> tuple[bool, Any]:
+    """What a parameter left at ``None`` stands for, read from its comment
+    (``None: the profile's n_boot``); ``(False, None)`` when the comment names no
+    profile value this function knows."""
+    p = get_profile(profile)
+    after = help_text.split("None:", 1)[1].strip() if "None:" in help_text else ""
+    for phrase, get in _PROFILE_PHRASES.items():
+        if after.startswith(phrase):
+            return True, get(p)
+    m = re.match(r"the profile's (\w+)", after)
+    if m and m.group(1) in _PROFILE_FIELDS:
+        return True, getattr(p, m.group(1))
+    return False, None
+
+
+def _literal(source: str) -> str:
+    """A default as the same repr as an injected value ('smoke', not "smoke")."""
+    try:
+        return repr(ast.literal_eval(source))
+    except (ValueError, SyntaxError):
+        return source
+
+
+def _cell_text(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def parameter_table(declared: dict[str, dict[str, Any]], params: dict[str, Any]) -> str:
+    """Markdown for the values a chapter ran with and where each came from.
+
+    ``declared`` is papermill's ``inspect_notebook`` of the source notebook (name ->
+    ``default`` as source text, ``help`` from its comment); ``params`` are the values
+    the build passed (they win over the defaults).
+    """
+    profile = params["profile"] if "profile" in params else ast.literal_eval(
+        declared["profile"]["default"])
+    p = get_profile(profile)
+    rows = []
+    for name, spec in declared.items():
+        if name in params:
+            value, source = f"`{params[name]!r}`", "this build"
+        else:
+            value, source = f"`{_literal(spec['default'])}`", "notebook default"
+            if spec["default"] == "None":
+                known, resolved = resolve_default(spec.get("help") or "", p)
+                if known:
+                    value, source = f"`{resolved!r}`", f"profile `{p.name}`"
+        rows.append(f"| `{name}` | {_cell_text(value)} | {source} | "
+                    f"{_cell_text(spec.get('help') or '')} |")
+    return "\n".join([
+        ":::{admonition} Parameters of this page",
+        ":class: note rmpm-parameters",
+        "",
+        f"This page ran with profile **`{p.name}`**. Rerun it with other values in "
+        "JupyterLab (its first code cell) or with papermill's `-p name value`.",
+        "",
+        "| parameter | value | from | meaning |",
+        "|---|---|---|---|",
+        *rows,
+        ":::",
+    ])
+
+
+def present_parameters(nb: Any, declared: dict[str, dict[str, Any]],
+                       params: dict[str, Any]) -> Any:
+    """A copy of an executed notebook whose two parameter cells are removed from the
+    rendered page (tag ``remove-cell``) and followed by one :func:`parameter_table`."""
+    import nbformat
+    nb = copy.deepcopy(nb)
+    idx = [i for i, c in enumerate(nb.cells)
+           if set(c.metadata.get("tags", [])) & set(PARAMETER_TAGS)]
+    if not idx:
+        raise ValueError("the notebook has no cell tagged 'parameters' or 'injected-parameters'")
+    for i in idx:
+        tags = nb.cells[i].metadata.setdefault("tags", [])
+        if "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nb.cells = [c for c in nb.cells if c.get("id") != PARAMETER_CELL_ID]  # idempotent
+    idx = [i for i, c in enumerate(nb.cells)
+           if set(c.metadata.get("tags", [])) & set(PARAMETER_TAGS)]
+    cell = nbformat.v4.new_markdown_cell(parameter_table(declared, params))
+    cell["id"] = PARAMETER_CELL_ID
+    nb.cells.insert(idx[-1] + 1, cell)
+    return nb
+
+
+# --- numbered figures -----------------------------------------------------------------
+# A chapter's figure is a code cell whose metadata carries a MyST-NB caption and label,
+#   "mystnb": {"figure": {"name": "fig-<chapter>-<what>", "caption": "..."}}
+# which the text cites as {numref}`fig-<chapter>-<what>`. MyST-NB wraps *every* display
+# output of such a cell in a figure with that label, so a cell that also shows a table
+# would give two figures with one label. The build therefore splits such a cell of the
+# executed copy in two or three: the outputs before the image, the image (the only
+# output of the figure cell), the outputs after it; only the first piece shows the input.
+
+def _is_display(output: Any) -> bool:
+    return output.get("output_type") in ("display_data", "execute_result")
+
+
+def _is_image(output: Any) -> bool:
+    return _is_display(output) and any(k.startswith("image/") for k in output.get("data", {}))
+
+
+def split_figure_outputs(nb: Any) -> Any:
+    """A copy of an executed notebook in which every captioned figure cell shows exactly
+    one image and no other display output (see the comment above). A captioned cell
+    that showed no image loses its caption; one that showed several is refused."""
+    nb = copy.deepcopy(nb)
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        fig = cell.metadata.get("mystnb", {}).get("figure") if cell.cell_type == "code" else None
+        if not fig:
+            cells.append(cell)
+            continue
+        outputs = cell.get("outputs", [])
+        images = [j for j, o in enumerate(outputs) if _is_image(o)]
+        if len(images) > 1:
+            raise ValueError(f"cell {i} (figure {fig.get('name')!r}) shows {len(images)} images; "
+                             "a captioned figure cell must show exactly one")
+        if not images:
+            cell.metadata["mystnb"] = {k: v for k, v in cell.metadata["mystnb"].items()
+                                       if k != "figure"}
+            cells.append(cell)
+            continue
+        if sum(map(_is_display, outputs)) == 1:
+            cells.append(cell)
+            continue
+        j = images[0]
+        pieces = [(outputs[:j], False), ([outputs[j]], True), (outputs[j + 1:], False)]
+        shown_input = False
+        for k, (outs, is_fig) in enumerate(pieces):
+            if not outs:
+                continue
+            piece = copy.deepcopy(cell)
+            piece["id"] = f"{cell.get('id', i)}-{k}"
+            piece.outputs = outs
+            if not is_fig:
+                piece.metadata["mystnb"] = {kk: v for kk, v in piece.metadata["mystnb"].items()
+                                            if kk != "figure"}
+            if shown_input:
+                tags = piece.metadata.setdefault("tags", [])
+                if "remove-input" not in tags:
+                    tags.append("remove-input")
+            shown_input = True
+            cells.append(piece)
+    nb.cells = cells
+    return nb

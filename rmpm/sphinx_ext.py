@@ -1,0 +1,49 @@
+"""A small Sphinx extension for the book (listed in ``_config.yml``): two fixes that
+make the rendered pages load in a browser without console errors.
+
+- sphinx-thebe and sphinx-togglebutton add inline scripts from an event that fires
+  after the HTML builder has copied the registered scripts, so every page declared
+  ``const THEBE_JS_URL`` twice, a SyntaxError in the console. Identical scripts are
+  kept once per page.
+- pydata-sphinx-theme logs "Got invalid theme mode" on a reader's first visit when
+  no default mode is configured; the book sets it to ``auto`` (follow the system).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _script_key(js: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
+    # an inline script's file name is None from one registration and "" from the other
+    attributes = getattr(js, "attributes", {}) or {}
+    return str(getattr(js, "filename", js) or ""), tuple(sorted(
+        (str(k), str(v)) for k, v in attributes.items()))
+
+
+def unique_scripts(scripts: list[Any]) -> list[Any]:
+    """``scripts`` without repeats (same file or inline body, same attributes), in order."""
+    seen, kept = set(), []
+    for js in scripts:
+        key = _script_key(js)
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    return kept
+
+
+def _page_context(app, pagename, templatename, context, doctree) -> None:
+    if "script_files" in context:
+        context["script_files"] = unique_scripts(context["script_files"])
+
+
+def _config_inited(app, config) -> None:
+    context = dict(config.html_context or {})
+    context.setdefault("default_mode", "auto")  # pydata-sphinx-theme reads it from here
+    config.html_context = context
+
+
+def setup(app) -> dict[str, Any]:
+    app.connect("config-inited", _config_inited)
+    # late, so that every other extension has added its scripts
+    app.connect("html-page-context", _page_context, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,331 @@
+"""The book and the notebooks as a reader meets them, in Debian's chromium driven by
+Playwright (``make check-browser``; no browser is downloaded).
+
+1. Every page of the built book loads from file:// with the network blocked, with no
+   console error, every image loaded, every formula typeset by the MathJax shipped
+   with the book, and the navigation reaching every chapter.
+2. JupyterLab opens a chapter on the project kernel "Python (rmpm)", runs all its
+   cells from the Run menu, and shows no error output.
+
+Skipped when chromium or Playwright is missing (or, for 1, when no book is built);
+``make check-browser`` sets RMPM_BROWSER_REQUIRED=1, which turns those skips into
+failures. RMPM_SCREENSHOTS names a folder for screenshots.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from rmpm import paths
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("RMPM_CHROMIUM", "/usr/bin/chromium")
+# headless, and nothing that phones home (updates, sync, QUIC probes)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+REQUIRED = os.environ.get("RMPM_BROWSER_REQUIRED") == "1"
+HTML = paths.repo_root() / "_build" / "html"
+LAB_CHAPTER = os.environ.get("RMPM_LAB_CHAPTER", "04_pm_iid_ood")
+# TeX that MathJax should have replaced; its presence in visible text means a formula
+# was not typeset
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{")
+
+
+def _unavailable(why: str) -> None:
+    if REQUIRED:
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def _screenshot(page, name: str, **kw) -> None:
+    folder = os.environ.get("RMPM_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), **kw)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright is not installed (make check-browser installs it)")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _offline_context(browser, allow_localhost: bool = False):
+    """A browser context in which every request that is not a local file (or, when
+    asked, this machine's server) is aborted; the URLs it tried are recorded."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.blocked = []
+    local = ("file:", "data:", "blob:") + (
+        ("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "ws://localhost")
+        if allow_localhost else ())
+
+    def route(r):
+        if r.request.url.startswith(local):
+            r.continue_()
+        else:
+            ctx.blocked.append(r.request.url)
+            r.abort()
+    ctx.route("**/*", route)
+    return ctx
+
+
+# --- 1. the built book ----------------------------------------------------------------
+
+def toc_pages() -> list[str]:
+    """The book's pages in reading order, as paths relative to _build/html."""
+    toc = yaml.safe_load((paths.repo_root() / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [f"{f}.html" for f in files]
+
+
+@pytest.fixture(scope="module")
+def book_html():
+    if not (HTML / "index.html").exists():
+        _unavailable(f"no built book at {HTML} (python -m rmpm book --profile smoke)")
+    missing = [p for p in toc_pages() if not (HTML / p).exists()]
+    assert not missing, f"pages in _toc.yml that the build did not write: {missing}"
+    return HTML
+
+
+# what a page reports after load: console errors, broken images, untypeset maths
+_PAGE_STATE = """() => {
+  const main = document.querySelector('main') || document.body;
+  const math = [...main.querySelectorAll('.math')];
+  const clone = main.cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, mjx-container, .math').forEach(e => e.remove());
+  return {
+    images: [...document.images].length,
+    broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
+    math: math.length,
+    untypeset: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
+    text: clone.textContent,
+    mathjax: window.MathJax && window.MathJax.version,
+  };
+}"""
+
+
+def _load(page, url: str) -> dict:
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="load")
+    # MathJax typesets after load; its startup promise resolves when it is done
+    page.wait_for_function("() => !window.MathJax || (MathJax.startup && MathJax.startup.promise)")
+    page.evaluate("() => window.MathJax && MathJax.startup.promise")
+    page.wait_for_load_state("networkidle")
+    state = page.evaluate(_PAGE_STATE)
+    state["errors"] = errors
+    return state
+
+
+def test_every_page_loads_offline_with_images_and_typeset_maths(browser, book_html):
+    ctx = _offline_context(browser)
+    formulas, problems = 0, {}
+    for rel in toc_pages():
+        page = ctx.new_page()
+        s = _load(page, (book_html / rel).as_uri())
+        raw = RAW_TEX.findall(s["text"])
+        bad = {k: v for k, v in {"console errors": s["errors"], "broken images": s["broken"],
+                                 "untypeset formulas": s["untypeset"], "raw TeX": raw}.items() if v}
+        if s["math"] and not s["mathjax"]:
+            bad["MathJax"] = "formulas but no MathJax loaded"
+        if bad:
+            problems[rel] = bad
+        formulas += s["math"]
+        if rel.endswith("00_methods.html"):
+            page.locator("div.math").first.scroll_into_view_if_needed()
+            _screenshot(page, "book_offline_formulas")
+        page.close()
+    assert not ctx.blocked, f"pages asked the network for: {sorted(set(ctx.blocked))}"
+    assert not problems, problems
+    assert formulas > 10, "the methods pages have formulas; none were found"
+    ctx.close()
+
+
+def test_navigation_reaches_every_chapter(browser, book_html):
+    ctx = _offline_context(browser)
+    page = ctx.new_page()
+    # index.html sends the reader to the first page
+    page.goto((book_html / "index.html").as_uri())
+    page.wait_for_url((book_html / toc_pages()[0]).as_uri())
+    page.wait_for_load_state("load")
+    want = {(book_html / p).resolve() for p in toc_pages()}
+
+    def local(href: str) -> Path:
+        return Path(href.split("#")[0].removeprefix("file://")).resolve()
+    # the sidebar lists every page
+    sidebar = {local(a) for a in page.eval_on_selector_all(
+        "nav.bd-docs-nav a.reference.internal", "as => as.map(a => a.href)")}
+    assert want <= sidebar | {local(page.url)}, f"not in the sidebar: {want - sidebar}"
+    # and "next" walks through all of them, in the order of _toc.yml
+    seen = [local(page.url)]
+    for _ in range(len(want) + 1):
+        nxt = page.locator("a.right-next")
+        if not nxt.count():
+            break
+        nxt.first.click()
+        page.wait_for_load_state("load")
+        seen.append(local(page.url))
+    assert seen == [(book_html / p).resolve() for p in toc_pages()], seen
+    ctx.close()
+
+
+def test_chapters_show_one_parameter_table_and_numbered_figures(browser, book_html):
+    ctx = _offline_context(browser)
+    page = ctx.new_page()
+    figures = 0
+    for rel in toc_pages():
+        if "_executed/" not in rel:
+            continue
+        page.goto((book_html / rel).as_uri())
+        tables = page.locator(".rmpm-parameters")
+        assert tables.count() == 1, f"{rel}: {tables.count()} parameter tables"
+        assert "profile" in tables.first.inner_text()
+        # papermill's parameter cells are gone from the page
+        code = " ".join(page.eval_on_selector_all("div.cell_input", "cs => cs.map(c => c.textContent)"))
+        assert "injected-parameters" not in code and "# Parameters" not in code, rel
+        assert not re.search(r"^\s*profile\s*=", code, re.M), f"{rel} shows a parameter cell"
+        nums = page.eval_on_selector_all("figure .caption-number", "cs => cs.map(c => c.textContent)")
+        figures += len(nums)
+        # every numbered reference to a figure resolves to one on the same page
+        for ref in page.eval_on_selector_all("a.reference.internal span.std-numref",
+                                             "rs => rs.map(r => r.closest('a').getAttribute('href'))"):
+            target = ref.split("#")[-1]
+            assert page.locator(f"figure[id='{target}']").count() == 1, (rel, ref)
+        if rel.endswith("02_populations.html"):
+            tables.first.scroll_into_view_if_needed()
+            _screenshot(page, "book_parameter_table")
+            ref = page.locator("span.std-numref").first
+            ref.scroll_into_view_if_needed()
+            _screenshot(page, "book_figure_reference")
+            ref.click()  # the reference leads to its figure
+            page.wait_for_url(re.compile(r"#fig-"))
+            _screenshot(page, "book_numbered_figure")
+    assert figures > 0, "no numbered figures in the book"
+    ctx.close()
+
+
+# --- 2. a chapter in JupyterLab ----------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab serving a copy of one chapter (so that autosave never writes
+    outputs into notebooks/), as root too; yields (url, notebook path)."""
+    jupyter = Path(sys.executable).with_name("jupyter")
+    if not jupyter.exists():
+        _unavailable(f"no jupyter next to {sys.executable}")
+    root = tmp_path / "lab"
+    root.mkdir()
+    nb = root / f"{LAB_CHAPTER}.ipynb"
+    shutil.copy(paths.notebooks_dir() / nb.name, nb)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, RMPM_RESULTS=str(tmp_path / "results"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+               PYTHONPATH=os.pathsep.join([str(paths.repo_root()), os.environ.get("PYTHONPATH", "")]))
+    cmd = [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+           f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.allow_root=True", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+                time.sleep(0.5)
+        else:
+            pytest.fail("JupyterLab did not start in 60 s: " + (tmp_path / "lab.log").read_text())
+        yield f"{url}/lab/tree/{nb.name}?token={token}", nb
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+_CELL_STATE = """() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim());
+  return {prompts,
+          status: (document.querySelector('.jp-Notebook-ExecutionIndicator') || {}).title || ''};
+}"""
+
+
+def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
+    url, nb_path = lab
+    ctx = _offline_context(browser, allow_localhost=True)
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator(".jp-NotebookPanel").first.wait_for()
+    kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName").first
+    page.wait_for_function("() => { const k = document.querySelector("
+                           "'.jp-NotebookPanel-toolbar .jp-KernelName');"
+                           " return k && k.textContent.includes('rmpm'); }")
+    assert kernel.inner_text().strip() == "Python (rmpm)"
+    # as a person would: Run > Run All Cells
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    t0 = time.monotonic()
+    n_code = len(nbformat.read(nb_path, as_version=4).cells) - sum(
+        c.cell_type != "code" for c in nbformat.read(nb_path, as_version=4).cells)
+    # done when every code cell has a number in its prompt ("[*]" while queued/running)
+    page.wait_for_function(
+        "n => { const ps = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+        ".map(p => p.textContent); return ps.length === n && ps.every(t => /\\[\\d+\\]/.test(t)); }",
+        arg=n_code, timeout=600_000)
+    took = time.monotonic() - t0
+    # save, and read what the Lab holds from disk: the notebook's own outputs
+    page.keyboard.press("Control+s")
+    page.wait_for_timeout(1500)
+    # out of the screenshot's way: the "Jupyter news?" toast
+    page.add_style_tag(content=".Toastify { display: none !important; }")
+    page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+    _screenshot(page, "jupyterlab_after_run_all")
+    shown = page.eval_on_selector_all(
+        ".jp-OutputArea-output", "os => os.map(o => o.textContent)")
+    assert not [t for t in shown if "Traceback" in t or re.search(r"\w+Error\b", t)], shown
+    assert page.locator(".jp-OutputArea-output img").count() > 0, "the chapter shows figures"
+    nb = nbformat.read(nb_path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "not every cell ran"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, [e.get("ename") for e in errors]
+    assert nb.metadata.kernelspec.name == "rmpm"
+    print(f"[browser] {nb_path.name}: Run All took {took:.0f} s in JupyterLab")
+    ctx.close()
