@@ -233,3 +233,19 @@ def test_an_unpinned_worker_refuses_deterministic_work(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+def test_env_command_and_worker_count_checks(capsys, tmp_path):
+    from rmpm.cli import main
+    from rmpm.determinism import PINNED_ENV
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for k, v in PINNED_ENV.items():
+        assert f"export {k}={v}" in out
+    assert "export OMP_NUM_THREADS=1" in out
+    assert main(["env", "--fast"]) == 0
+    assert "ATEN_CPU_CAPABILITY" not in capsys.readouterr().out
+    assert main(["train", "--profile", "smoke", "--workers", "0", "--store", str(tmp_path)]) == 2
+    assert "--workers=0 must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers=0 must be >= 1"):
+        E.start_cluster(0)
