@@ -111,7 +111,7 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
     from .experiments import train_profile
     p = get_profile(profile)
     external = E.scheduler_address()
-    with E.serve(workers, deterministic) as address, E.environ(kernel_env(deterministic)):
+    with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
         t0 = time.perf_counter()
         train_profile(p, device=p.device, deterministic=deterministic, scheduler=address)
         train_s = time.perf_counter() - t0

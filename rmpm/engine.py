@@ -3,7 +3,7 @@ the only shared state.
 
 The same code runs on a laptop and on a cluster. By default
 :func:`get_client` starts an embedded ``LocalCluster`` of single-threaded worker
-*processes* (one per available core), spawned with
+*processes* (one per available core; on CUDA one per GPU, worker i on GPU i), spawned with
 :func:`rmpm.determinism.worker_env` so that their CPU kernels are pinned before
 torch initialises in them (the parent, which has imported torch already, could
 not change its own). ``scheduler=ADDRESS`` (or the ``RMPM_SCHEDULER``
@@ -57,8 +57,13 @@ class EngineError(RuntimeError):
                          + "\n".join(lines))
 
 
-def default_workers() -> int:
-    """The cores this process may use (its CPU affinity), at least 1."""
+def default_workers(device: str | None = "cpu") -> int:
+    """One worker per GPU when ``device`` is CUDA (``"auto"`` with a GPU present), else
+    the cores this process may use (its CPU affinity), at least 1."""
+    if device is not None and str(device) != "cpu":
+        import torch
+        if torch.cuda.is_available() and (str(device) == "auto" or "cuda" in str(device)):
+            return max(1, torch.cuda.device_count())
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -85,7 +90,8 @@ def environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def start_cluster(workers: int | None = None, deterministic: bool = True):
+def start_cluster(workers: int | None = None, deterministic: bool = True,
+                  device: str | None = "auto"):
     """A ``LocalCluster`` of ``workers`` single-threaded processes (default: one per core).
 
     The mode's environment is set twice, because each way alone has a gap: in
@@ -94,17 +100,17 @@ def start_cluster(workers: int | None = None, deterministic: bool = True):
     worker, including those the nanny restarts after a worker died).
     """
     from dask.distributed import LocalCluster
-    n = default_workers() if workers is None else workers
+    n = default_workers(device) if workers is None else workers
     check_range("workers", n, 1, integer=True)
     env = determinism.worker_env(deterministic)
     with environ(env):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                            dashboard_address=None, memory_limit=0,
+                            dashboard_address=":0", memory_limit=0,
                             silence_logs=logging.ERROR)
 
 
 def get_client(workers: int | None = None, scheduler: str | None = None,
-               deterministic: bool = True):
+               deterministic: bool = True, device: str | None = "auto"):
     """A Dask client, shared by every call in this process that asks for the same.
 
     With a scheduler address (argument or ``$RMPM_SCHEDULER``) a client of that
@@ -113,8 +119,8 @@ def get_client(workers: int | None = None, scheduler: str | None = None,
     """
     from dask.distributed import Client
     address = scheduler_address(scheduler)
-    key: tuple = (address,) if address else (default_workers() if workers is None else workers,
-                                              deterministic)
+    key: tuple = (address,) if address else (
+        default_workers(device) if workers is None else workers, deterministic)
     client = _CLIENTS.get(key)
     if client is not None and client.status == "running":
         return client
@@ -144,7 +150,8 @@ def close_clients() -> None:
 
 
 @contextlib.contextmanager
-def serve(workers: int | None = None, deterministic: bool = True) -> Iterator[str]:
+def serve(workers: int | None = None, deterministic: bool = True,
+          device: str | None = "auto") -> Iterator[str]:
     """Run an embedded cluster for the block and export its address in
     ``$RMPM_SCHEDULER``, so that child processes (the book's notebook kernels)
     submit to it instead of each starting its own. An address already in
@@ -153,7 +160,7 @@ def serve(workers: int | None = None, deterministic: bool = True) -> Iterator[st
     if address:
         yield address
         return
-    client = get_client(workers, None, deterministic)
+    client = get_client(workers, None, deterministic, device)
     address = client.scheduler.address
     with environ({SCHEDULER_VAR: address}):
         yield address

@@ -69,6 +69,31 @@ def epoch_seconds(recipe: Recipe, sample: int = 2000) -> float:
     return total / (sample * (1 + FORWARD_FRACTION))
 
 
+def forward_flops(recipe: Recipe) -> int:
+    """FLOPs of one forward pass of one example through ``recipe``'s network (counted by
+    torch's ``FlopCounterMode`` on a random input of the data set's shape): a cost
+    measure that, unlike a timing, does not depend on what else the machine runs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_model
+    shape, k, _, _ = SHAPES[recipe.dataset]
+    model = build_model(recipe.arch, shape, k, recipe.width, recipe.dropout, seed=0).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros((1, *shape)))
+    return int(counter.get_total_flops())
+
+
+def flop_costs(recipes: list[Recipe], reference: Recipe, reference_cost: float
+               ) -> dict[tuple, float]:
+    """Seconds per example-epoch for each :func:`cost_key`, scaled by forward FLOPs from
+    one measured ``reference_cost`` (seconds per example-epoch of ``reference``)."""
+    check_range("reference_cost", reference_cost, 0, lo_open=True)
+    f0 = forward_flops(reference)
+    return {cost_key(r): reference_cost * forward_flops(r) / f0
+            for r in {cost_key(r): r for r in recipes}.values()}
+
+
 def profile_seconds(recipes: list[Recipe], cost: Mapping[tuple, float], workers: int,
                     n_eval_inputs: int = 1000, n_shifts: int = 0) -> dict[str, float]:
     """Estimated wall-clock seconds to train and evaluate ``recipes`` on ``workers``

@@ -117,7 +117,7 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     from . import engine as E
     unique = dedupe(recipes)
     stored = {r.key() for r in unique if store.has_model(r)}
-    client = E.get_client(workers, scheduler, deterministic)
+    client = E.get_client(workers, scheduler, deterministic, str(dev))
     E.run(client, unique, spec, str(store.root.resolve()), str(dev) if device not in (None, "auto")
           else "auto", engine, max_group, eval_chunk, deterministic, progress)
     skey = spec.key()
