@@ -158,9 +158,11 @@ PROFILES["paper"] = PROFILES["paper"].replace(reference=PROFILES["paper"].base)
 # For readers with internet but no GPU: the paper's four data sets (so C3 is tested
 # across data sets), each on a 10k training subset, sized so that an 8-core CPU
 # trains and evaluates it in about an hour on the Dask engine (8 single-threaded
-# workers). The estimate (benchmarks/estimate_profile.py) comes from per-example-
-# epoch costs measured on random tensors of each data set's shape; the book's
-# reproducibility page records the measured time of a real build.
+# workers): about 57 min by benchmarks/estimate_profile.py, from per-example-epoch
+# costs measured on random tensors of each data set's shape (one thread, AVX2),
+# calibrated to an idle machine, other widths scaled by FLOPs. The ResNet data sets
+# take five sixths of it. Not yet built for real: the book's reproducibility page
+# records the time of a real build.
 _register(Profile(
     name="paper_cpu",
     description="the paper's four data sets on 10k-image subsets, for an 8-core CPU "
@@ -171,17 +173,17 @@ _register(Profile(
                         lr=2e-3, train_size=10000),
         "fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=16, epochs=3,
                                 batch_size=128, lr=2e-3, train_size=10000),
-        "cifar10": Recipe(dataset="cifar10", arch="resnet", width=8, epochs=6, batch_size=128,
+        "cifar10": Recipe(dataset="cifar10", arch="resnet", width=8, epochs=5, batch_size=128,
                           optimizer="sgd", lr=0.05, weight_decay=5e-4, augment="crop_flip",
                           train_size=10000),
-        "svhn": Recipe(dataset="svhn", arch="resnet", width=8, epochs=4, batch_size=128,
+        "svhn": Recipe(dataset="svhn", arch="resnet", width=8, epochs=3, batch_size=128,
                        optimizer="sgd", lr=0.05, weight_decay=5e-4, augment="crop",
                        train_size=10000),
     },
     reference=None,  # filled below: the base recipes themselves
-    # width values that bracket both base widths (16 for the CNNs, 8 for the
-    # ResNets); the paper profile's 64-wide ResNets would cost 60 times the base
-    factors={**ALL_FACTORS_SMALL, "width": (8, 16, 32)},
+    # widths up to the base widths (16 for the CNNs, 8 for the ResNets) and one
+    # step over for the ResNets: a 32-wide ResNet costs 15 times an 8-wide one
+    factors={**ALL_FACTORS_SMALL, "width": (4, 8, 16)},
     replicates=2,
     reference_seeds=4,
     n_test=1000,
