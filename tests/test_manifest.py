@@ -114,3 +114,38 @@ def test_bad_manifest(tmp_path, capsys):
     (tmp_path / "m.json").write_text('{"version": 99}')
     assert main(["verify", str(tmp_path / "m.json")]) == 2
     assert "not an rmpm manifest" in capsys.readouterr().err
+
+
+def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
+    """The build's manifest covers the profile's models and any model a result file
+    names; the page states the mode, engine, CPU and the digests."""
+    import rmpm.experiments as X
+    from rmpm import book, paths
+    store = Store(tmp_path / "store")
+    extra = TINY.replace(init_seed=7)
+    run_recipes(RECIPES + [extra], SPEC, store, "cpu", progress=False, workers=0,
+                deterministic=False)
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "02_populations.json").write_text(json.dumps(
+        {"name": "02_populations", "profile": "smoke", "values": {"model_keys": [extra.key()]}}))
+    monkeypatch.setenv("RMPM_STORE", str(store.root))
+    monkeypatch.setenv("RMPM_RESULTS", str(res))
+    monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "gen")
+    monkeypatch.setattr(X, "profile_recipes", lambda profile: list(RECIPES))
+    monkeypatch.setattr(X, "eval_spec", lambda profile: SPEC)
+    info = {"profile": "smoke", "git_commit": "abc", "built": "now",
+            **book._engine_info({"workers": 2, "threads_per_worker": 1, "deterministic": True,
+                                 "scheduler": "embedded LocalCluster"})}
+    path = book.write_manifest(info)
+    m = M.load(path)
+    assert set(m["models"]) == {r.key() for r in RECIPES + [extra]}
+    assert m["environment"]["engine"]["workers"] == 2
+    assert m["environment"]["worker_env"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert M.verify(m, store, res).identical
+    text = "\n".join(book.compute_section(info))
+    assert "deterministic: CPU kernels pinned to AVX2, one thread" in text
+    assert "2 worker process(es)" in text and "OPENBLAS_CORETYPE=Haswell" in text
+    assert "python -m rmpm verify manifest.json" in text
+    assert m["models"][extra.key()]["digest"] in text
+    assert "3 models, 3 evaluations and 1 result files" in text
