@@ -183,14 +183,23 @@ class Report:
 
 
 def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
+    import inspect
+
     from .claims import all_verdicts
     from .profiles import PROFILES
     vals = {k: v.get("values") for k, v in results.items()}
-    profiles = {v.get("profile") for v in results.values()} - {None}
-    n_ds = (len(PROFILES[next(iter(profiles))].datasets)
-            if len(profiles) == 1 and next(iter(profiles)) in PROFILES else 1)
+    names = {v.get("profile") for v in results.values()} - {None}
+    prof = PROFILES.get(next(iter(names))) if len(names) == 1 else None
+    # the rules take what they need of the profile: the number of data sets, or
+    # whether its numbers count as evidence
+    params = inspect.signature(all_verdicts).parameters
+    kw: dict[str, Any] = {}
+    if "n_datasets" in params:
+        kw["n_datasets"] = len(prof.datasets) if prof else 1
+    if "evidence" in params and prof is not None:
+        kw["evidence"] = prof.evidence
     try:
-        return [(v.claim, v.verdict) for v in all_verdicts(vals, n_ds)]
+        return [(v.claim, v.verdict) for v in all_verdicts(vals, **kw)]
     except Exception as e:  # a result file of another shape: say so rather than guess
         return [("all", f"could not be computed ({type(e).__name__})")]
 

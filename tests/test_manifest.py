@@ -82,7 +82,7 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     f.write_text(json.dumps(doc))
     # a rule that turns on that value, so the verdict flips
     import rmpm.claims as C
-    monkeypatch.setattr(C, "all_verdicts", lambda vals, n: [C.Verdict(
+    monkeypatch.setattr(C, "all_verdicts", lambda vals, **kw: [C.Verdict(
         "C1", C.SUPPORTED if vals["03_rm_by_factor"]["rm"] < 0.5 else C.NOT_SUPPORTED, "", "")])
 
     rep = M.verify(M.load(path), store, res)
