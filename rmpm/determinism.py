@@ -148,7 +148,7 @@ def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__}
     cfg = torch.__config__.show()
-    for name, pat in (("oneDNN", r"oneDNN v([\w.]+)"),
+    for name, pat in (("oneDNN", r"(?:oneDNN|MKL-DNN) v([\w.]+)"),
                       ("MKL", r"Math Kernel Library Version ([\w.]+)")):
         m = re.search(pat, cfg)
         if m:
