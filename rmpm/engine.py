@@ -118,6 +118,7 @@ def get_client(workers: int | None = None, scheduler: str | None = None,
     the process exits.
     """
     from dask.distributed import Client
+    _close_at_exit()
     address = scheduler_address(scheduler)
     key: tuple = (address,) if address else (
         default_workers(device) if workers is None else workers, deterministic)
@@ -133,7 +134,19 @@ def get_client(workers: int | None = None, scheduler: str | None = None,
     return client
 
 
-@atexit.register
+def _close_at_exit() -> None:
+    # registered after distributed's own exit handlers (which close every cluster),
+    # so that it runs before them: atexit runs last-registered first, and a client
+    # whose cluster is already gone would wait to reconnect and print tracebacks
+    global _REGISTERED
+    if not _REGISTERED:
+        atexit.register(close_clients)
+        _REGISTERED = True
+
+
+_REGISTERED = False
+
+
 def close_clients() -> None:
     """Close every client (and embedded cluster) this process started."""
     # clients of a scheduler first: closing an embedded cluster first would leave
