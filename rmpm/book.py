@@ -193,10 +193,44 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     return timings
 
 
-def write_build_info(profile: str, timings: dict[str, float],
-                     build: Build | None = None) -> Path:
-    """Record what built the book; the reproducibility page reads it (and the
-    build's result files: ``build``, default the profile's latest)."""
+def kernel_env(deterministic: bool = True) -> dict[str, str]:
+    """Environment of the notebooks' kernels: in deterministic mode pinned like the
+    workers (the kernels compute the result files from stored arrays), plus
+    OpenBLAS (numpy's and scipy's linear algebra) pinned to its AVX2 kernels."""
+    from .determinism import worker_env
+    env = worker_env(deterministic)
+    if deterministic:
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    return env
+
+
+def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int | None = None,
+                  deterministic: bool = True,
+                  build: Build | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the profile's models on one Dask cluster, then execute the notebooks
+    with that cluster's address in ``$RMPM_SCHEDULER`` (their ``run_recipes``
+    calls submit to it). Returns the notebook timings and what ran them."""
+    from . import engine as E
+    from .experiments import train_profile
+    p = get_profile(profile)
+    external = E.scheduler_address()
+    with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
+        t0 = time.perf_counter()
+        train_profile(p, device=p.device, deterministic=deterministic, scheduler=address)
+        train_s = time.perf_counter() - t0
+        client = E.get_client(scheduler=address)
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        timings = {"training (all notebooks' models)": train_s,
+                   **run_notebooks(profile, only, build=build)}
+    info = {"workers": n, "threads_per_worker": 1, "deterministic": deterministic,
+            "scheduler": external or "embedded LocalCluster"}
+    return timings, info
+
+
+def write_build_info(profile: str, timings: dict[str, float], build: Build | None = None,
+                     engine_info: dict[str, Any] | None = None) -> Path:
+    """Record what built the book; the reproducibility page and the manifest read it
+    (and the build's result files: ``build``, default the profile's latest)."""
     import platform
 
     import torch
@@ -214,16 +248,60 @@ def write_build_info(profile: str, timings: dict[str, float],
             "cuda": torch.cuda.is_available(), "git_commit": commit,
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "build": build.id if build else None,
-            "results_dir": str(build.results_dir) if build else None}
+            "results_dir": str(build.results_dir) if build else None,
+            **_engine_info(engine_info)}
     path = gen / "build_info.json"
     atomic_write_text(path, json.dumps(info, indent=1))
     if build is not None:
         atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
-        with build_env(build):  # the page lists this build's result files, no others
+        with build_env(build):  # the page and manifest list this build's result files only
+            write_manifest(info)
             write_reproducibility_page(info)
     else:
+        write_manifest(info)
         write_reproducibility_page(info)
     return path
+
+
+def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
+    from . import determinism as DT
+    env = kernel_env(bool((engine_info or {}).get("deterministic", True)))
+    return {"engine": engine_info or {}, "cpu_model": DT.cpu_model(),
+            "cpu_capability_native": DT.cpu_capability(), "libraries": DT.library_versions(),
+            "worker_env": env}
+
+
+def book_recipes(profile: str) -> list:
+    """The recipes whose models the book used: the profile's, and every stored model a
+    result file names by its key."""
+    import re
+
+    from . import results
+    from .experiments import profile_recipes
+    from .store import ModelEntry, Store
+    recipes = list(profile_recipes(profile))
+    st, seen = Store(), {r.key() for r in recipes}
+    d = results.results_dir()
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        for k in re.findall(r"\b[0-9a-f]{64}\b", f.read_text()):
+            md = st.root / "models" / k[:2] / k
+            if k not in seen and (md / "model.pt").is_file():
+                seen.add(k)
+                recipes.append(ModelEntry(md).recipe)
+    return recipes
+
+
+def write_manifest(info: dict[str, Any]) -> Path:
+    """``book/_generated/manifest.json``: digests of every model, evaluation and result
+    file the book used (see :mod:`rmpm.manifest`); ``rmpm verify`` checks against it."""
+    from . import manifest as M
+    from .experiments import eval_spec
+    env = {k: info.get(k) for k in ("profile", "git_commit", "built", "cpu_model",
+                                    "cpu_capability_native", "libraries", "engine",
+                                    "worker_env")}
+    m = M.build(book_recipes(info["profile"]), eval_spec(info["profile"]).key(),
+                environment=env)
+    return M.write(m, paths.generated_dir() / "manifest.json")
 
 
 def reproducibility_page(info: dict[str, Any]) -> str:
@@ -248,6 +326,7 @@ def reproducibility_page(info: dict[str, Any]) -> str:
         f"| Python | {info['python']} |", f"| PyTorch | {info['torch']} |",
         f"| platform | {info['platform']} |", f"| CPU cores | {info['cpu_count']} |",
         f"| CUDA available | {info['cuda']} |", "",
+        *compute_section(info),
         "## Profile", "",
         "| setting | value |", "|---|---|",
         f"| data sets | {', '.join(p.datasets)} |",
@@ -283,6 +362,50 @@ def reproducibility_page(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compute_section(info: dict[str, Any]) -> list[str]:
+    """The page's "How the numbers were computed" and "Manifest" sections."""
+    eng = info.get("engine") or {}
+    if not eng:
+        return []
+    det = eng.get("deterministic", True)
+    env = info.get("worker_env", {})
+    lines = [
+        "## How the numbers were computed", "",
+        "| setting | value |", "|---|---|",
+        f"| CPU | {info.get('cpu_model', 'unknown')} (native ISA: "
+        f"{info.get('cpu_capability_native', 'unknown')}) |",
+        f"| mode | {'deterministic: CPU kernels pinned to AVX2, one thread' if det else 'fast: this CPU’s own kernels (numbers match only on the same kind of CPU)'} |",
+        f"| engine | Dask, {eng.get('scheduler')}, {eng.get('workers')} worker process(es) "
+        f"× {eng.get('threads_per_worker', 1)} thread |",
+        f"| worker and kernel environment | `{' '.join(f'{k}={v}' for k, v in env.items())}` |",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in (info.get("libraries") or {}).items()]
+    lines += ["", ("In deterministic mode every model is trained and evaluated in a worker "
+                   "process started with this environment, so the stored weights and arrays "
+                   "are the same bits on any x86-64 CPU with AVX2, whatever its own ISA, "
+                   "core count, worker count or the order of the recipes (tested in "
+                   "`tests/test_engine.py`). On a GPU, deterministic algorithms make reruns on "
+                   "the same GPU model and library versions identical, not runs on different "
+                   "GPU models.") if det else "", "",
+              "## Manifest", "",
+              "`manifest.json`, published next to this book (and in `book/_generated/`), "
+              "holds a content digest of every stored model (its weights), evaluation (its "
+              "arrays) and result file (its values) this build used, with their numbers. "
+              "Check your store or rebuilt book against it:", "",
+              "```bash", "python -m rmpm verify manifest.json", "```", ""]
+    mpath = paths.generated_dir() / "manifest.json"
+    if mpath.is_file():
+        m = json.loads(mpath.read_text())
+        lines += [f"It lists {len(m['models'])} models, {len(m['evals'])} evaluations and "
+                  f"{len(m['results'])} result files.", "",
+                  "| entry | kind | SHA-256 of its content |", "|---|---|---|"]
+        for kind, sec in (("result", "results"), ("model", "models"), ("evaluation", "evals")):
+            lines += [f"| `{k if kind == 'result' else k[:12]}` | {kind} | `{v['digest']}` |"
+                      for k, v in m[sec].items()]
+        lines.append("")
+    return lines
+
+
 def write_reproducibility_page(info: dict[str, Any]) -> Path:
     path = paths.generated_dir() / "reproducibility.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,11 +425,15 @@ def build_html(strict: bool = True) -> Path:
 
 
 def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
-          clean: bool = False) -> Path:
+          clean: bool = False, workers: int | None = None,
+          deterministic: bool = True) -> Path:
     """Execute all notebooks under ``profile`` and build the HTML book.
 
     First makes sure every data set of the profile can be loaded (see
     :func:`rmpm.data.ensure`), so a missing one stops the build before any work.
+    Training runs on the Dask engine (:mod:`rmpm.engine`): one cluster of
+    ``workers`` processes for the whole build, which first trains every model
+    the profile needs at once and then serves the notebooks' kernels.
     """
     p = get_profile(profile)
     select_notebooks(only)  # bad names stop here, before any work
@@ -317,9 +444,12 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
     b = new_build(profile, inherit=bool(only))
-    timings = run_notebooks(profile, only, build=b)
-    write_build_info(profile, timings, b)
+    timings, engine_info = run_on_engine(profile, only, workers, deterministic, build=b)
+    write_build_info(profile, timings, b, engine_info)
     index = build_html(strict)
+    mpath = paths.generated_dir() / "manifest.json"
+    if mpath.is_file() and index.parent.is_dir():  # published next to the book
+        shutil.copyfile(mpath, index.parent / "manifest.json")
     print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
           f"total {time.perf_counter() - t0:.0f} s")
     print(f"[rmpm book] the book is at {index}")

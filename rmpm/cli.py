@@ -6,6 +6,8 @@ Commands:
   data      make sure a data set is present (offline files or download)
   store     list the store, verify (and repair) it, or sweep temporary folders
   calibrate false-positive rate and power of every verdict rule, by simulation
+  verify    check a store and result files against a published manifest
+  env       print the environment deterministic workers must start with
 """
 from __future__ import annotations
 
@@ -20,6 +22,19 @@ def _add_profile(p: argparse.ArgumentParser, default: str = "default") -> None:
                    help=f"run size (default: {default})")
 
 
+def _add_engine(p: argparse.ArgumentParser, scheduler: bool = True) -> None:
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the embedded Dask cluster (default: the cores "
+                        "available)")
+    if scheduler:
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="use the Dask cluster at ADDRESS (default: $RMPM_SCHEDULER, else "
+                            "an embedded one); its workers must start with `rmpm env`")
+    p.add_argument("--fast", action="store_true",
+                   help="opt out of deterministic mode: use this CPU's fastest kernels (the "
+                        "numbers then match only on the same kind of CPU)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rmpm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="notebook names (e.g. 02_populations) to execute")
     p.add_argument("--no-strict", action="store_true", help="do not fail on Sphinx warnings")
     p.add_argument("--clean", action="store_true", help="drop previously executed notebooks first")
+    _add_engine(p, scheduler=False)
 
     p = sub.add_parser("train", help="train a profile's populations (finished models are reused)")
     _add_profile(p)
@@ -44,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                         "job array; all parts may run at once on one shared store")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be trained and evaluated, and stop")
+    _add_engine(p)
 
     p = sub.add_parser("data", help="make sure a data set is present")
     p.add_argument("names", nargs="+", help="data set names")
@@ -66,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repair", action="store_true",
                    help="with verify: move damaged entries to the store's quarantine/ folder "
                         "(the next run recomputes them) and add manifests to legacy entries")
+
+    p = sub.add_parser("verify", help="check a store and result files against a manifest")
+    p.add_argument("manifest", help="a manifest.json published with a book build")
+    p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
+    p.add_argument("--results", default=None,
+                   help="result folder (default: the book's, book/_generated/results)")
+
+    p = sub.add_parser("env", help="print `export` lines for deterministic workers' job scripts")
+    p.add_argument("--fast", action="store_true", help="the fast mode's environment instead")
 
     args = parser.parse_args(argv)
     if getattr(args, "repair", False) and args.action != "verify":
@@ -96,7 +122,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "book":
         from .book import build, notebook_paths
         _names_given("--only", args.only, [p.stem for p in notebook_paths()])
-        build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers={args.workers} must be >= 1")
+        build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean,
+              workers=args.workers, deterministic=not args.fast)
         return 0
     if args.command == "train":
         from .experiments import eval_spec, profile_recipes
@@ -121,7 +150,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         Store(args.store).check_writable()  # a read-only or full disk stops here, not at the end
         from .data import ensure
         ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
-        results = run_recipes(recipes, spec, args.store, device=args.device)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers={args.workers} must be >= 1")
+        results = run_recipes(recipes, spec, args.store, device=args.device,
+                              workers=args.workers, scheduler=args.scheduler,
+                              deterministic=not args.fast)
         print(summary_table(results))
         return 0
     if args.command == "data":
@@ -158,6 +191,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.action == "verify":
             return _verify(store, args.repair)
         return _ls(store)
+    if args.command == "verify":
+        from pathlib import Path
+
+        from . import manifest as M
+        report = M.verify(M.load(args.manifest), args.store,
+                          Path(args.results) if args.results else None)
+        print(report.text())
+        return 0 if report.identical else 1
+    if args.command == "env":
+        from .determinism import shell_exports
+        print("\n".join(shell_exports(not args.fast)))
+        return 0
     raise AssertionError(args.command)
 
 

@@ -497,9 +497,12 @@ def _padded(index_lists: Sequence[torch.Tensor], dev: torch.device
 
 @contextlib.contextmanager
 def _cudnn_benchmark(on: bool) -> Iterator[None]:
-    """Turn cuDNN autotuning on for the block and restore the caller's setting."""
+    """Turn cuDNN autotuning on for the block and restore the caller's setting.
+
+    Never in deterministic mode (``cudnn.deterministic``, see :mod:`rmpm.determinism`):
+    autotuning picks kernels by timing, so two runs could sum in different orders."""
     old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = old or on
+    torch.backends.cudnn.benchmark = old or (on and not torch.backends.cudnn.deterministic)
     try:
         yield
     finally:

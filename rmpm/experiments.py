@@ -73,10 +73,14 @@ def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = Non
 def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
                   factors: Sequence[str] | None = None, reference_only: bool = False,
                   device: str = "auto", store: Store | str | None = None,
-                  progress: bool = True) -> list[RunResult]:
-    """Train and evaluate every model the profile's experiments need (resumable)."""
+                  progress: bool = True, **engine: Any) -> list[RunResult]:
+    """Train and evaluate every model the profile's experiments need (resumable).
+
+    ``engine``: ``deterministic``, ``workers``, ``scheduler`` as for
+    :func:`rmpm.runs.run_recipes`."""
     recipes = profile_recipes(profile, datasets, factors, reference_only)
-    return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress)
+    return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress,
+                       **engine)
 
 
 @dataclass

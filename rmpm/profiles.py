@@ -6,6 +6,7 @@
               so the tests run the cross-data-set code the paper profile needs.
 - ``default`` the embedded Fashion-MNIST at full size on a laptop-class CPU.
 - ``paper``   the four data sets at paper scale, meant for one GPU.
+- ``paper_cpu`` the four data sets on 10k subsets, for an 8-core CPU (about an hour).
 
 Every notebook takes ``profile`` as a papermill parameter and reads its sizes
 from here; every other notebook parameter overrides one of them.
@@ -160,6 +161,45 @@ _register(Profile(
 
 
 PROFILES["paper"] = PROFILES["paper"].replace(reference=PROFILES["paper"].base)
+
+# For readers with internet but no GPU: the paper's four data sets (so C3 is tested
+# across data sets), each on a 10k training subset, sized so that an 8-core CPU
+# trains and evaluates it in about an hour on the Dask engine (8 single-threaded
+# workers): about 57 min by benchmarks/estimate_profile.py, from per-example-epoch
+# costs measured on random tensors of each data set's shape (one thread, AVX2),
+# calibrated to an idle machine, other widths scaled by FLOPs. The ResNet data sets
+# take five sixths of it. Not yet built for real: the book's reproducibility page
+# records the time of a real build.
+_register(Profile(
+    name="paper_cpu",
+    description="the paper's four data sets on 10k-image subsets, for an 8-core CPU "
+                "without a GPU (about an hour)",
+    datasets=("mnist", "fashion_mnist", "cifar10", "svhn"),
+    base={
+        "mnist": Recipe(dataset="mnist", arch="cnn", width=16, epochs=3, batch_size=128,
+                        lr=2e-3, train_size=10000),
+        "fashion_mnist": Recipe(dataset="fashion_mnist", arch="cnn", width=16, epochs=3,
+                                batch_size=128, lr=2e-3, train_size=10000),
+        "cifar10": Recipe(dataset="cifar10", arch="resnet", width=8, epochs=5, batch_size=128,
+                          optimizer="sgd", lr=0.05, weight_decay=5e-4, augment="crop_flip",
+                          train_size=10000),
+        "svhn": Recipe(dataset="svhn", arch="resnet", width=8, epochs=3, batch_size=128,
+                       optimizer="sgd", lr=0.05, weight_decay=5e-4, augment="crop",
+                       train_size=10000),
+    },
+    reference=None,  # filled below: the base recipes themselves
+    # widths up to the base widths (16 for the CNNs, 8 for the ResNets) and one
+    # step over for the ResNets: a 32-wide ResNet costs 15 times an 8-wide one
+    factors={**ALL_FACTORS_SMALL, "width": (4, 8, 16)},
+    replicates=2,
+    reference_seeds=4,
+    n_test=1000,
+    n_probe=500,
+    corruptions=_CORRUPTIONS,
+    severities=(1, 3, 5),
+    n_boot=1000,
+))
+PROFILES["paper_cpu"] = PROFILES["paper_cpu"].replace(reference=PROFILES["paper_cpu"].base)
 
 
 def get_profile(name: str | Profile) -> Profile:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import determinism
 from ._checks import check_choice, check_range
 from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
@@ -75,8 +76,18 @@ def resolve_engine(engine: str, device: torch.device) -> str:
 def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | None = None,
                 device: str | torch.device | None = "auto", progress: bool = True,
                 summary: bool = False, engine: str = "auto",
-                max_group: int = 32, eval_chunk: int = 16) -> list[RunResult]:
+                max_group: int = 32, eval_chunk: int = 16, *, deterministic: bool = True,
+                workers: int | None = None, scheduler: str | None = None) -> list[RunResult]:
     """Run every recipe (deduplicated, in order); finished entries are reused.
+
+    Where the work runs (see :mod:`rmpm.engine` and :mod:`rmpm.determinism`):
+    on a Dask cluster, by default an embedded one of ``workers`` single-threaded
+    processes (default: one per core), or the cluster at ``scheduler`` (default:
+    ``$RMPM_SCHEDULER``). ``deterministic`` (default) pins every worker's CPU
+    kernels to AVX2 and one thread, so the stored bits do not depend on the
+    machine, the worker count or the recipe order; ``False`` lets each worker use
+    its CPU's fastest kernels. ``workers=0`` runs in this process instead: allowed
+    in fast mode, or in a process that was itself started pinned (a worker).
 
     ``engine``: ``"single"`` trains one recipe at a time with :func:`rmpm.train.fit`;
     ``"ensemble"`` trains the untrained recipes in groups of equal
@@ -93,6 +104,34 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
     dev = resolve_device(device)
     engine = resolve_engine(engine, dev)
     check_range("eval_chunk", eval_chunk, 1, integer=True)
+    if workers is not None:
+        check_range("workers", workers, 0, integer=True)
+    if workers == 0 and scheduler is None:
+        if deterministic and not determinism.is_pinned():
+            raise ValueError(
+                "workers=0 runs in this process, whose CPU kernels are not pinned ("
+                + "; ".join(determinism.problems(True)) + "); use workers >= 1 (worker "
+                "processes started pinned) or deterministic=False")
+        return _run_in_process(recipes, spec, store, dev, progress, summary, engine,
+                               max_group, eval_chunk)
+    from . import engine as E
+    unique = dedupe(recipes)
+    stored = {r.key() for r in unique if store.has_model(r)}
+    client = E.get_client(workers, scheduler, deterministic, str(dev))
+    E.run(client, unique, spec, str(store.root.resolve()), str(dev) if device not in (None, "auto")
+          else "auto", engine, max_group, eval_chunk, deterministic, progress)
+    skey = spec.key()
+    results = [RunResult(r, store.model(r), store.eval(r, skey), r.key() not in stored)
+               for r in recipes]
+    if summary:
+        print(summary_table(results))
+    return results
+
+
+def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev: torch.device,
+                    progress: bool, summary: bool, engine: str, max_group: int,
+                    eval_chunk: int) -> list[RunResult]:
+    """:func:`run_recipes` in this process, one model (or group) at a time."""
     unique = dedupe(recipes)
     data_cache: dict[str, TrainData] = {}
     out: dict[str, RunResult] = {}

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import paths
+from . import determinism, paths
 from .recipe import Recipe
 
 TMP_PREFIX = ".tmp-"
@@ -462,7 +462,7 @@ def _meta() -> dict[str, Any]:
     import torch
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
-            "host": platform.node()}
+            "host": platform.node(), "compute": determinism.describe()}
 
 
 @dataclass(frozen=True)

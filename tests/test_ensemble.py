@@ -156,13 +156,15 @@ def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
 
     monkeypatch.setattr(runs, "fit_ensemble", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2)
+        run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2,
+                    workers=0, deterministic=False)
     # the first group (two members) was stored as soon as it finished; evaluation
     # comes after all training, so none has happened yet
     assert [store.has_model(r) for r in recipes] == [True, True, False, False]
     assert not store.has_eval(recipes[0], SPEC.key())
     calls.clear()
-    out = run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2)
+    out = run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2,
+                    workers=0, deterministic=False)
     assert calls == [[2], [0]]  # only the missing models, grouped by key
     assert [o.trained for o in out] == [False, False, True, True]
     assert all(store.has_eval(r, SPEC.key()) for r in recipes)
@@ -173,10 +175,12 @@ def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
         net = o.model.load_model()
         ref = build_model(o.recipe.arch, digits.in_shape, digits.n_classes, o.recipe.width)
         assert list(net.state_dict()) == list(ref.state_dict())
-    again = run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble")
+    again = run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble",
+                        workers=0, deterministic=False)
     assert not any(o.trained for o in again)
     # on the CPU "auto" stays the single-model loop
-    [auto] = run_recipes([small.replace(init_seed=9)], SPEC, store, "cpu", progress=False)
+    [auto] = run_recipes([small.replace(init_seed=9)], SPEC, store, "cpu", progress=False,
+                         workers=0, deterministic=False)
     assert auto.model.metrics["engine"] == "single"
     with pytest.raises(ValueError, match="engine"):
         run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="batched")

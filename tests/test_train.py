@@ -123,11 +123,12 @@ def test_resume_after_kill(tmp_path, monkeypatch):
         return real_fit(recipe, *a, **k)
 
     monkeypatch.setattr(runs, "fit", dying_fit)
+    # in this process (workers=0, fast mode), where the patched fit is seen
     with pytest.raises(KeyboardInterrupt):
-        run_recipes(recipes, SPEC, store, "cpu", progress=False)
+        run_recipes(recipes, SPEC, store, "cpu", progress=False, workers=0, deterministic=False)
     assert [store.has_model(r) for r in recipes] == [True, True, False, False]
     calls.clear()
-    out = run_recipes(recipes, SPEC, store, "cpu", progress=False)
+    out = run_recipes(recipes, SPEC, store, "cpu", progress=False, workers=0, deterministic=False)
     assert calls == [2, 3]
     assert [o.trained for o in out] == [False, False, True, True]
 
@@ -135,7 +136,8 @@ def test_resume_after_kill(tmp_path, monkeypatch):
 def test_chunked_evaluation_equals_one_at_a_time(tmp_path):
     """run_recipes evaluates several models per corrupted set; the numbers must not change."""
     recipes = [TINY.replace(init_seed=i, epochs=1) for i in range(3)]
-    a = run_recipes(recipes, SPEC, Store(tmp_path / "a"), "cpu", progress=False, eval_chunk=2)
+    a = run_recipes(recipes, SPEC, Store(tmp_path / "a"), "cpu", progress=False, eval_chunk=2,
+                    workers=0, deterministic=False)  # both in this process
     b = [run_recipe(r, SPEC, Store(tmp_path / "b"), "cpu") for r in recipes]
     for ra, rb in zip(a, b):
         aa, ab = ra.eval.arrays(), rb.eval.arrays()

@@ -1,0 +1,151 @@
+"""Manifests and ``rmpm verify``: identical entries match bit for bit, a changed one is
+reported with its largest difference, a missing one as missing, and changed verdicts
+are named."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rmpm import manifest as M
+from rmpm.cli import main
+from rmpm.evaluate import EvalSpec
+from rmpm.recipe import Recipe
+from rmpm.runs import run_recipes
+from rmpm.store import Store
+
+TINY = Recipe(dataset="digits", arch="mlp", width=8, epochs=1, batch_size=64, lr=5e-3)
+SPEC = EvalSpec(n_test=60, n_probe=30)
+RECIPES = [TINY, TINY.replace(init_seed=1)]
+
+
+@pytest.fixture()
+def built(tmp_path):
+    store = Store(tmp_path / "store")
+    run_recipes(RECIPES, SPEC, store, "cpu", progress=False, workers=0, deterministic=False)
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "03_rm_by_factor.json").write_text(json.dumps(
+        {"name": "03_rm_by_factor", "profile": "smoke", "written": "then",
+         "values": {"rm": 0.25, "table": [1.0, 2.0]}}))
+    man = M.build(RECIPES, SPEC.key(), store, res, environment={"profile": "smoke"})
+    path = M.write(man, tmp_path / "manifest.json")
+    return store, res, path
+
+
+def test_digests_are_of_content_not_files(built, tmp_path):
+    store, res, _ = built
+    e = store.model(TINY)
+    d = M.model_digest(e)
+    assert d == M.model_digest(e) and d != M.model_digest(store.model(RECIPES[1]))
+    # re-saving the same arrays (new zip timestamps) keeps the evaluation's digest
+    ev = store.eval(TINY, SPEC.key())
+    before = M.eval_digest(ev)
+    from rmpm.store import save_npz
+    save_npz(ev.path / "arrays.npz", ev.arrays())
+    assert M.eval_digest(ev) == before
+    # a result file's time stamp does not count, its values do
+    doc = json.loads((res / "03_rm_by_factor.json").read_text())
+    assert M.values_digest(doc["values"]) == M.values_digest({**doc["values"]})
+    assert M.values_digest({"rm": 0.25, "seconds": 1}) == M.values_digest({"rm": 0.25, "seconds": 2})
+    assert M.values_digest({"rm": 0.25}) != M.values_digest({"rm": 0.26})
+
+
+def test_verify_identical(built):
+    store, res, path = built
+    rep = M.verify(M.load(path), store, res)
+    assert rep.identical
+    assert rep.count("identical", "model") == 2 and rep.count("identical", "eval") == 2
+    assert rep.count("identical", "result") == 1
+    assert "all identical" in rep.text()
+    assert main(["verify", str(path), "--store", str(store.root), "--results", str(res)]) == 0
+
+
+def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path, monkeypatch,
+                                                                 capsys):
+    store, res, path = built
+    # a "rebuild" whose first model came out different: other weights, other accuracy
+    e = store.model(TINY)
+    sd = e.state_dict()
+    sd = {k: v + 1e-3 if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save(sd, e.path / "model.pt")
+    m = json.loads((e.path / "metrics.json").read_text())
+    m["test_acc"] += 0.125
+    (e.path / "metrics.json").write_text(json.dumps(m))
+    # the second model's evaluation is gone
+    shutil.rmtree(store.eval(RECIPES[1], SPEC.key()).path)
+    # and a result value moved
+    f = res / "03_rm_by_factor.json"
+    doc = json.loads(f.read_text())
+    doc["values"]["rm"] = 0.75
+    f.write_text(json.dumps(doc))
+    # a rule that turns on that value, so the verdict flips
+    import rmpm.claims as C
+    monkeypatch.setattr(C, "all_verdicts", lambda vals, **kw: [C.Verdict(
+        "C1", C.SUPPORTED if vals["03_rm_by_factor"]["rm"] < 0.5 else C.NOT_SUPPORTED, "", "")])
+
+    rep = M.verify(M.load(path), store, res)
+    assert not rep.identical
+    by = {(c.kind, c.key[:64]): c for c in rep.checks}
+    model = by[("model", TINY.key())]
+    assert model.status == "differs" and model.max_diff == pytest.approx(0.125)
+    assert by[("model", RECIPES[1].key())].status == "identical"
+    assert by[("eval", RECIPES[1].key())].status == "missing"
+    assert by[("eval", TINY.key())].status == "identical"
+    result = by[("result", "03_rm_by_factor")]
+    assert result.status == "differs" and result.max_diff == pytest.approx(0.5)
+    assert rep.verdicts_changed == [("C1", C.SUPPORTED, C.NOT_SUPPORTED)]
+    assert main(["verify", str(path), "--store", str(store.root), "--results", str(res)]) == 1
+    out = capsys.readouterr().out
+    assert "largest difference 0.125" in out and "CHANGED" in out and "NOT identical" in out
+
+
+def test_max_difference():
+    assert M.max_difference({"a": 1.0, "b": [1, 2]}, {"a": 1.5, "b": [1, 4]}) == 2
+    assert M.max_difference({"a": 1}, {"b": 1}) == np.inf
+    assert M.max_difference("x", "x") == 0.0
+    assert M.max_difference(float("nan"), float("nan")) == 0.0
+
+
+def test_bad_manifest(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "m.json").write_text('{"version": 99}')
+    assert main(["verify", str(tmp_path / "m.json")]) == 2
+    assert "not an rmpm manifest" in capsys.readouterr().err
+
+
+def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
+    """The build's manifest covers the profile's models and any model a result file
+    names; the page states the mode, engine, CPU and the digests."""
+    import rmpm.experiments as X
+    from rmpm import book, paths
+    store = Store(tmp_path / "store")
+    extra = TINY.replace(init_seed=7)
+    run_recipes(RECIPES + [extra], SPEC, store, "cpu", progress=False, workers=0,
+                deterministic=False)
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "02_populations.json").write_text(json.dumps(
+        {"name": "02_populations", "profile": "smoke", "values": {"model_keys": [extra.key()]}}))
+    monkeypatch.setenv("RMPM_STORE", str(store.root))
+    monkeypatch.setenv("RMPM_RESULTS", str(res))
+    monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "gen")
+    monkeypatch.setattr(X, "profile_recipes", lambda profile: list(RECIPES))
+    monkeypatch.setattr(X, "eval_spec", lambda profile: SPEC)
+    info = {"profile": "smoke", "git_commit": "abc", "built": "now",
+            **book._engine_info({"workers": 2, "threads_per_worker": 1, "deterministic": True,
+                                 "scheduler": "embedded LocalCluster"})}
+    path = book.write_manifest(info)
+    m = M.load(path)
+    assert set(m["models"]) == {r.key() for r in RECIPES + [extra]}
+    assert m["environment"]["engine"]["workers"] == 2
+    assert m["environment"]["worker_env"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert M.verify(m, store, res).identical
+    text = "\n".join(book.compute_section(info))
+    assert "deterministic: CPU kernels pinned to AVX2, one thread" in text
+    assert "2 worker process(es)" in text and "OPENBLAS_CORETYPE=Haswell" in text
+    assert "python -m rmpm verify manifest.json" in text
+    assert m["models"][extra.key()]["digest"] in text
+    assert "3 models, 3 evaluations and 1 result files" in text
