@@ -120,3 +120,29 @@ def test_toy_profiles_carry_the_not_evidence_warning():
             assert f"built with the `{name}` profile" in banner(name)
     assert not PROFILES["smoke"].evidence and not PROFILES["smoke_multi"].evidence
     assert PROFILES["default"].evidence and PROFILES["paper"].evidence
+
+
+def test_relative_values_scale_each_data_set_base():
+    from rmpm.recipe import FACTORS
+    adam = Recipe(lr=2e-3, batch_size=128)
+    sgd = Recipe(dataset="cifar10", arch="resnet", optimizer="sgd", lr=0.1, batch_size=256)
+    for base, lr in ((adam, 2e-3), (sgd, 0.1)):
+        pop = vary(base, "lr", ("x0.5", "x1", "x2"))[0]
+        assert [r.lr for r in pop.recipes] == pytest.approx([lr / 2, lr, 2 * lr])
+        assert pop.values == ("x0.5", "x1", "x2")
+    assert [r.batch_size for r in vary(adam, "batch_size", ("x0.5", "x2"))[0].recipes] == [64, 256]
+    with pytest.raises(ValueError, match="relative value 'x1' of a base value of 0"):
+        vary(Recipe(weight_decay=0.0), "weight_decay", ("x1", "x2"))
+    with pytest.raises(ValueError, match="takes no relative value"):
+        FACTORS["init_seed"].apply(adam, "x2")
+    with pytest.raises(ValueError, match="must be 'x' and a number"):
+        vary(adam, "lr", ("xfast", "x1"))
+
+
+def test_every_profile_gives_every_factor_the_same_population_size():
+    # PM (a variance over models with ddof=0) grows with the number of models, so
+    # populations compared with each other must be equally large
+    from rmpm.profiles import PROFILES
+    for p in PROFILES.values():
+        sizes = {f: len(v) for f, v in p.factors.items()}
+        assert len(set(sizes.values())) == 1, (p.name, sizes)
