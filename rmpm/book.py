@@ -59,7 +59,7 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
                          f"its parameters are: {', '.join(sorted(declared))}")
     # papermill reports defaults as source text, e.g. '"smoke"'
     profile = params["profile"] if "profile" in params else ast.literal_eval(declared["profile"])
-    check_values(path.stem, {**params, "profile": profile})
+    check_values(Path(path), {**params, "profile": profile})
 
 
 def kernel_name() -> str:

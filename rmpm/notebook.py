@@ -131,17 +131,21 @@ RULES = {
 _DECLARED: dict[str, dict] = {}
 
 
-def declared_parameters(notebook: str) -> dict:
-    """``name -> default`` of the notebook's ``parameters`` cell (read from the file)."""
-    if notebook not in _DECLARED:
+def declared_parameters(notebook: "str | Path") -> dict:
+    """``name -> default`` of the notebook's ``parameters`` cell (read from the file):
+    a book chapter by name, or any notebook by its path."""
+    from pathlib import Path
+    key = str(notebook)
+    if key not in _DECLARED:
         import nbformat
 
         from . import paths
-        path = paths.notebooks_dir() / f"{notebook}.ipynb"
+        path = notebook if isinstance(notebook, Path) else \
+            paths.notebooks_dir() / f"{notebook}.ipynb"
         nb = nbformat.read(path, as_version=4)
         [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        _DECLARED[notebook] = _assignments(cell.source, literal=True)
-    return _DECLARED[notebook]
+        _DECLARED[key] = _assignments(cell.source, literal=True)
+    return _DECLARED[key]
 
 
 def _assignments(source: str, literal: bool = False) -> dict:
@@ -179,12 +183,16 @@ def check_parameters(notebook: str, namespace: dict) -> None:
     check_values(notebook, {k: namespace.get(k, v) for k, v in declared.items()})
 
 
-def check_values(notebook: str, values: dict) -> None:
+def check_values(notebook: "str | Path", values: dict) -> None:
     """Check the values of a notebook's declared parameters (``values``: name ->
-    value) against :data:`RULES` (or the type of the default) and the profile."""
+    value) against :data:`RULES` (or the type of the default) and the profile.
+    ``notebook``: a book chapter's name, or a notebook's path."""
+    from pathlib import Path
+
     from ._checks import check_choice
     from .profiles import PROFILES, get_profile
     declared = declared_parameters(notebook)
+    notebook = notebook.stem if isinstance(notebook, Path) else notebook
     check_choice("profile", values.get("profile"), PROFILES)
     p = get_profile(values["profile"])
     for name, default in declared.items():

@@ -217,6 +217,8 @@ def test_kill_9_at_random_points_ends_clean(clean, tmp_path, capsys):
     rng = random.Random(1234)  # the kill points are random but reproducible
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     code = _CHILD.format(tests=str(Path(__file__).parent), root=str(root))
+    # a kill before the first commit leaves no entry; the folder must still verify
+    root.mkdir()
     kills = 0
     for _ in range(4):
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
