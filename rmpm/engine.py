@@ -305,11 +305,15 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
         ac.add(fut)
 
     def flush(force: bool) -> None:
-        busy = ac.count()
+        busy = ac.count()  # submitted and not yet finished, queued ones included
         for ds in list(ready):
             rs = ready[ds]
             while rs and (force or len(rs) >= eval_chunk or busy < n_workers):
-                chunk, rs = rs[:eval_chunk], rs[eval_chunk:]
+                # a partial chunk is split over the idle workers (all workers when
+                # none is idle), so the last evaluations do not run on one worker
+                free = n_workers - busy
+                size = min(eval_chunk, -(-len(rs) // (free if free > 0 else n_workers)))
+                chunk, rs = rs[:size], rs[size:]
                 submit(eval_task, "eval", chunk, spec, store_root, device, deterministic)
                 busy += 1
             ready[ds] = rs
