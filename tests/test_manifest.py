@@ -73,6 +73,9 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     m = json.loads((e.path / "metrics.json").read_text())
     m["test_acc"] += 0.125
     (e.path / "metrics.json").write_text(json.dumps(m))
+    # a consistent entry of other content (not damage, which the store would quarantine)
+    from rmpm.store import write_manifest
+    write_manifest(e.path)
     # the second model's evaluation is gone
     shutil.rmtree(store.eval(RECIPES[1], SPEC.key()).path)
     # and a result value moved
