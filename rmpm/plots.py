@@ -347,3 +347,31 @@ def claim_tests(tests, alpha: float = 0.05):
     a2.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def calibration_chart(cal, alpha: float = 0.05):
+    """Rate at which each verdict level is reached under each simulated scenario
+    (:func:`rmpm.calibration.calibrate`): false-positive rates under the nulls
+    (must stay left of alpha, the dashed line) and power under the alternative,
+    with +-2 standard errors."""
+    levels = list(dict.fromkeys(cal["level"]))
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 0.35 * len(cal) / len(levels) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        t = cal[cal["level"] == level].reset_index(drop=True)
+        y = np.arange(len(t))[::-1]
+        null = t["hypothesis"] != "alternative"
+        ax.errorbar(t["rate"], y, xerr=2 * t["se"], fmt="none", ecolor="grey", lw=1)
+        ax.plot(t.loc[null, "rate"], y[null.to_numpy()], "o", color="#c44e52", label="under a null")
+        ax.plot(t.loc[~null, "rate"], y[~null.to_numpy()], "o", color="#4c72b0",
+                label="under the alternative (power)")
+        ax.axvline(alpha, color="k", ls="--", lw=1)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_title(level, fontsize=9)
+        ax.set_xlabel("rate over simulations")
+        ax.grid(alpha=0.3)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{r.claim} {r.hypothesis}" for r in t.itertuples()], fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
