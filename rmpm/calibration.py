@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import claims, decisions
 from ._checks import check_range
@@ -240,6 +239,12 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
     d = profile if isinstance(profile, Design) else design(profile)
     kw = {"alpha": alpha, "n_perm": n_perm, "n_boot": n_boot, "threshold": threshold}
     rows = []
+    # plain tqdm, imported only for the CLI: tqdm.auto warns in kernels without widgets
+    if progress:
+        from tqdm import tqdm
+    else:
+        def tqdm(it, **_):
+            return it
     chosen = [s for s in scenarios(alternatives, threshold) if s.claim in claims_
               and (hypotheses is None or s.hypothesis in hypotheses)]
     for i, sc in enumerate(tqdm(chosen, desc="calibrating", disable=not progress)):
