@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -144,16 +143,10 @@ def new_build(profile: str, root: Path | None = None, inherit: bool = False) -> 
 def build_env(b: Build) -> Iterator[Build]:
     """Point this process (and the notebook kernels it starts, which inherit the
     environment) at the build's results folder."""
-    old = {k: os.environ.get(k) for k in ("RMPM_RESULTS", "RMPM_BUILD")}
-    os.environ["RMPM_RESULTS"], os.environ["RMPM_BUILD"] = str(b.results_dir), b.id
-    try:
+    from .engine import environ
+    with environ({"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}):
         yield b
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
 
 def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
     """In the executed copy ``out`` of ``path``, replace papermill's two parameter cells

@@ -250,10 +250,10 @@ def _project_out(v: np.ndarray, z: np.ndarray | None) -> np.ndarray:
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Correlation of ``x`` (B, F) with each ``y`` (..., B, F), both already
-    mean-zero within rows (so within the whole matrix)."""
+    """Correlation of matched (B, F) matrices (either side may be a stack
+    ``(..., B, F)``), both already mean-zero within rows (so within the matrix)."""
     num = (x * y).sum(axis=(-2, -1))
-    den = np.sqrt((x * x).sum() * (y * y).sum(axis=(-2, -1)))
+    den = np.sqrt((x * x).sum(axis=(-2, -1)) * (y * y).sum(axis=(-2, -1)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
@@ -329,11 +329,7 @@ def association(table: pd.DataFrame, x: str, y: str, control: str | None = None,
                 pick = rng.integers(0, f, (n_boot, f))
                 mats = [_rank_centre(a[:, pick].transpose(1, 0, 2)) for a in raw[ds]]
                 zc = mats[2] if len(mats) > 2 else None
-                xb, yb = _project_out(mats[0], zc), _project_out(mats[1], zc)
-                num = (xb * yb).sum(axis=(1, 2))
-                den = np.sqrt((xb * xb).sum(axis=(1, 2)) * (yb * yb).sum(axis=(1, 2)))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    zb.append(_fisher(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)))
+                zb.append(_fisher(_corr(_project_out(mats[0], zc), _project_out(mats[1], zc))))
             reps = np.tanh(np.mean(zb, axis=0))
             reps = reps[np.isfinite(reps)]
             if reps.size:

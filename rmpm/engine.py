@@ -275,6 +275,7 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
     from dask.distributed import as_completed
 
     from .ensemble import group_recipes
+    from .runs import _bar
     from .store import Store
     check_range("eval_chunk", eval_chunk, 1, integer=True)
     store = Store(store_root)
@@ -351,18 +352,3 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
         bar.close()
     if failures:
         raise EngineError(failures, len(recipes))
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(progress: bool, total: int, desc: str):
-    if not (progress and total):
-        return _NoBar()
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="model")
