@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from rmpm import engine as E
-from rmpm import experiments as X
-from rmpm import manifest as M
-from rmpm.recipe import dedupe
-from rmpm.runs import run_recipes
+from rmpm.pipeline import engine as E
+from rmpm.book import populations as X
+from rmpm.book import manifest as M
+from rmpm.pipeline.recipe import dedupe
+from rmpm.pipeline.runs import run_recipes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         for n in (1, args.workers):
             t0 = time.perf_counter()
             client = E.get_client(workers=n, deterministic=not args.fast)
-            client.run(lambda: __import__("rmpm.train"))  # import torch in every worker
+            client.run(lambda: __import__("rmpm.pipeline.train"))  # import torch in every worker
             startup = time.perf_counter() - t0
             store = root / f"w{n}"
             t0 = time.perf_counter()

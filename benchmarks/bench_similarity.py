@@ -1,6 +1,6 @@
 """All-pairs SVCCA (reduce every model once, batched pairs) vs. a pairwise baseline.
 
-The baseline calls :func:`rmpm.similarity.svcca` on every pair, which centres,
+The baseline calls :func:`rmpm.measures.similarity.svcca` on every pair, which centres,
 SVDs and cuts both layers again for each pair (what a loop over pairs with a
 standard SVCCA function does). Both run in this process on the same data, so the
 ratio and the max |difference| are measured together. Run:
@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from rmpm.similarity import (DEFAULT_MAX_POINTS, canonical_correlations,
+from rmpm.measures.similarity import (DEFAULT_MAX_POINTS, canonical_correlations,
                              pairwise_similarity, svcca, svd_reduce)
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from rmpm.similarity import pairwise_similarity
+from rmpm.measures.similarity import pairwise_similarity
 
 
 def rss_gib() -> float:

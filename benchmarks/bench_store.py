@@ -25,9 +25,9 @@ import time
 import numpy as np
 import torch
 
-import rmpm.store as S
-from rmpm.models import build_model
-from rmpm.recipe import Recipe
+import rmpm.pipeline.store as S
+from rmpm.pipeline.models import build_model
+from rmpm.pipeline.recipe import Recipe
 
 
 def _time(fn, repeats):

@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from rmpm.ensemble import fit_ensemble
-from rmpm.recipe import Recipe
-from rmpm.train import fit, prepare, resolve_device
+from rmpm.pipeline.ensemble import fit_ensemble
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.train import fit, prepare, resolve_device
 
 
 def _int_or_none(s: str) -> int | None:

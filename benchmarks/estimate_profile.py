@@ -8,12 +8,12 @@ download needed), in a deterministic worker (AVX2, one thread) like real trainin
 Measured: one epoch of each data set's *base* recipe, and of a reference recipe
 (the ``default`` profile's SmallCNN, width 16). Other recipes of the profile
 (other widths, batch sizes) are scaled from their data set's base by forward
-FLOPs (``rmpm.estimate.forward_flops``), which no machine load disturbs.
+FLOPs (``rmpm.pipeline.estimate.forward_flops``), which no machine load disturbs.
 Calibrated: the measured costs are also rescaled so that the reference recipe
 costs ``--reference-seconds`` per example-epoch (default: 7.8 s per 10k-image
 epoch, one thread, measured on an idle 2-core AVX-512 machine), which removes
 the load of a shared machine from the estimate. Evaluation is estimated as one
-forward pass per stored prediction (``rmpm.estimate.profile_seconds``).
+forward pass per stored prediction (``rmpm.pipeline.estimate.profile_seconds``).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 
-from rmpm import engine as E
-from rmpm import estimate as T
-from rmpm import experiments as X
-from rmpm.profiles import get_profile
+from rmpm.pipeline import engine as E
+from rmpm.pipeline import estimate as T
+from rmpm.book import populations as X
+from rmpm.book.profiles import get_profile
 
 
 def main(argv: list[str] | None = None) -> dict:

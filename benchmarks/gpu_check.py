@@ -6,17 +6,17 @@ Sections (each guarded: a failure or a timeout in one is recorded and the others
 
 ``train``       the ``paper`` profile's Fashion-MNIST SmallCNN (width 32, batch 128, Adam),
                 1 epoch on all 60,000 images: a batched ensemble of 32 members
-                (``rmpm.ensemble.fit_ensemble``; bf16 autocast on CUDA, its default, and
+                (``rmpm.pipeline.ensemble.fit_ensemble``; bf16 autocast on CUDA, its default, and
                 again in fp32) against the first 8 members trained one at a time
-                (``rmpm.train.fit``): model-epochs/s, test accuracy per member, and the
+                (``rmpm.pipeline.train.fit``): model-epochs/s, test accuracy per member, and the
                 largest difference between matched members (test accuracy, relative
                 weight difference).
-``similarity``  all-pairs SVCCA, PWCCA and linear CKA (``rmpm.similarity``) for 32 models
+``similarity``  all-pairs SVCCA, PWCCA and linear CKA (``rmpm.measures.similarity``) for 32 models
                 x 2,000 inputs x 128 neurons on the GPU against the CPU: largest
                 difference and speed ratio; peak GPU memory of all-pairs SVCCA at
                 64 x 10,000 x 512.
 ``pace``        as much of ``rmpm train --profile paper --dataset fashion_mnist`` as fits
-                in the time left (``rmpm.runs.run_recipes`` group by group, the CLI's
+                in the time left (``rmpm.pipeline.runs.run_recipes`` group by group, the CLI's
                 code path, into a fresh store), timed, then extrapolated to the whole
                 profile from the dry run's recipe and model-epoch counts. The ResNet
                 data sets (CIFAR-10, SVHN) are not carried: a 32-member ResNet group of
@@ -71,7 +71,8 @@ REFERENCE = ROOT / "benchmarks" / "gpu_check_digests.json"
 CARRY_DIR = ROOT / ".gpucheck"
 REF_WEIGHTS = CARRY_DIR / "digest_ref_weights.pt"
 #: source files whose change invalidates the committed digests
-FINGERPRINT_FILES = ("rmpm/train.py", "rmpm/models.py", "rmpm/data.py", "rmpm/recipe.py")
+FINGERPRINT_FILES = ("rmpm/pipeline/train.py", "rmpm/pipeline/models.py", "rmpm/pipeline/data.py",
+                     "rmpm/pipeline/recipe.py")
 
 #: the pinned deterministic CPU environment; set before torch starts, so only in a subprocess
 PINNED_ENV = {
@@ -223,9 +224,9 @@ def section_train(sz: Sizes, dev, part: dict, save) -> None:
     """Batched ensemble vs one model at a time on the paper profile's Fashion-MNIST CNN."""
     import statistics
 
-    from rmpm.ensemble import fit_ensemble
-    from rmpm.profiles import PROFILES
-    from rmpm.train import TrainData, fit, prepare
+    from rmpm.pipeline.ensemble import fit_ensemble
+    from rmpm.book.profiles import PROFILES
+    from rmpm.pipeline.train import TrainData, fit, prepare
 
     base = PROFILES["paper"].base["fashion_mnist"].replace(epochs=1)
     if sz.train_size is not None:
@@ -321,7 +322,7 @@ def section_similarity(sz: Sizes, dev, part: dict, save) -> None:
     import numpy as np
     import torch
 
-    from rmpm.similarity import pairwise_similarity
+    from rmpm.measures.similarity import pairwise_similarity
 
     acts_cpu = _population(sz.sim_models, sz.sim_inputs, sz.sim_neurons, seed=0)
     acts_dev = [a.to(dev) for a in acts_cpu]
@@ -389,7 +390,7 @@ def section_similarity(sz: Sizes, dev, part: dict, save) -> None:
 def _coverage_order(groups: list[list]) -> list[list]:
     """The largest group first, then the first group of every other batch key, then the rest:
     a run cut short has still timed each kind of group once."""
-    from rmpm.ensemble import batch_key
+    from rmpm.pipeline.ensemble import batch_key
     if not groups:
         return []
     first = max(range(len(groups)), key=lambda i: len(groups[i]))
@@ -409,9 +410,9 @@ def _resnet_probe(sz: Sizes, dev, part: dict, save) -> None:
     """
     import torch
 
-    from rmpm.ensemble import fit_ensemble, group_recipes
-    from rmpm.experiments import profile_recipes
-    from rmpm.train import TrainData
+    from rmpm.pipeline.ensemble import fit_ensemble, group_recipes
+    from rmpm.book.populations import profile_recipes
+    from rmpm.pipeline.train import TrainData
 
     group = group_recipes(profile_recipes("paper", datasets=["cifar10"]), sz.probe_members)[0]
     g = torch.Generator().manual_seed(0)
@@ -440,11 +441,11 @@ def section_pace(sz: Sizes, dev, part: dict, save, deadline: float) -> None:
     """Train (and evaluate) the profile's groups of one data set until the deadline."""
     import math
 
-    from rmpm.ensemble import batch_key, group_recipes
-    from rmpm.experiments import eval_spec, profile_recipes
-    from rmpm.recipe import dedupe
-    from rmpm.runs import resolve_engine, run_recipes
-    from rmpm.store import Store
+    from rmpm.pipeline.ensemble import batch_key, group_recipes
+    from rmpm.book.populations import eval_spec, profile_recipes
+    from rmpm.pipeline.recipe import dedupe
+    from rmpm.pipeline.runs import resolve_engine, run_recipes
+    from rmpm.pipeline.store import Store
 
     t_section = _now()
     profile, ds = sz.pace_profile, sz.pace_dataset
@@ -561,7 +562,7 @@ def estimate_group(measured: dict, group: list, batch_key) -> float:
 
 def digest_recipes(small: bool = False) -> dict:
     """A few smoke-size recipes that between them run most of ``fit``'s code paths."""
-    from rmpm.profiles import PROFILES
+    from rmpm.book.profiles import PROFILES
     f = PROFILES["smoke"].base["fashion_mnist"]
     d = PROFILES["smoke_multi"].base["digits"]
     out = {
@@ -583,7 +584,7 @@ def digest_worker(small: bool, ref_weights: str | None, save_weights: str | None
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    from rmpm.train import fit
+    from rmpm.pipeline.train import fit
 
     version = str(torch.__version__)  # a plain str: TorchVersion does not unpickle weights-only
     refs: dict[str, dict] = {}  # torch version -> "variant/name" -> state dict
@@ -728,7 +729,7 @@ def write_reference(timeout: float = 1200) -> dict:
 # ----------------------------------------------------------------------------- orchestration
 
 def _device(name: str):
-    from rmpm.train import resolve_device
+    from rmpm.pipeline.train import resolve_device
     return resolve_device(name)
 
 

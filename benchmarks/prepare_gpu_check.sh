@@ -50,7 +50,7 @@ fi
 echo "== the carried data loads"
 RMPM_FASHION_MNIST_DIR=$ROOT/$DEST PYTHONPATH=$ROOT "$PYTHON" - <<'PY'
 import os
-from rmpm import data
+from rmpm.pipeline import data
 for split in ("train", "test"):
     d = data.load("fashion_mnist", split, download=False)
     print(f"fashion_mnist {split}: {d.n} images {tuple(d.x.shape[1:])} from {os.environ['RMPM_FASHION_MNIST_DIR']}")

@@ -2,20 +2,18 @@
 
 A replication of Heljakka et al., *Disentangling Model Multiplicity in Deep
 Learning* (arXiv:2206.08890), and a toolkit to measure multiplicity of any set
-of models. One module per concept:
+of models. Three layers, each importing only from the ones before it:
 
-- measures: :mod:`rmpm.similarity` (SVCCA, PWCCA, CKA, RM), :mod:`rmpm.multiplicity`
-  (PM measures), :mod:`rmpm.stats` (bootstrap, correlations, Friedman/Kendall's W),
-  :mod:`rmpm.report` (a multiplicity report for any models and data);
-- training: :mod:`rmpm.data`, :mod:`rmpm.shifts`, :mod:`rmpm.models`,
-  :mod:`rmpm.recipe`, :mod:`rmpm.train`, :mod:`rmpm.ensemble`, :mod:`rmpm.evaluate`,
-  :mod:`rmpm.runs`, :mod:`rmpm.store`;
-- the book: :mod:`rmpm.profiles`, :mod:`rmpm.experiments`, :mod:`rmpm.analysis`,
-  :mod:`rmpm.samples`, :mod:`rmpm.claims`, :mod:`rmpm.results`, :mod:`rmpm.book`;
-- :mod:`rmpm.paths` is the one place that knows where files go.
+- :mod:`rmpm.measures`: similarity (SVCCA, PWCCA, CKA, RM), multiplicity (PM),
+  statistics and a multiplicity report, for any models; knows nothing of training;
+- :mod:`rmpm.pipeline`: recipes, data, OOD shifts, models, training, evaluation,
+  the Dask engine and the content-addressed store: a recipe in, stored models out;
+- :mod:`rmpm.book`: profiles, populations, analyses, the claims' evidence and
+  verdicts, their calibration, and the Jupyter Book build.
 
-Submodules are imported on demand (``from rmpm import similarity``), so the
-command line starts quickly.
+Shared by all three: :mod:`rmpm.paths` (the one place that knows where files go),
+:mod:`rmpm.atomic` (atomic file writes). Submodules are imported on demand
+(``from rmpm.measures import similarity``), so the command line starts quickly.
 """
 
 __version__ = "0.1.0"

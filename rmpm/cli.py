@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .profiles import PROFILES
+from .book.profiles import PROFILES
 
 
 def _add_profile(p: argparse.ArgumentParser, default: str = "default") -> None:
@@ -120,7 +120,7 @@ def _names_given(option: str, names: list[str] | None, allowed) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "book":
-        from .book import build, notebook_paths
+        from .book.build import build, notebook_paths
         _names_given("--only", args.only, [p.stem for p in notebook_paths()])
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers={args.workers} must be >= 1")
@@ -128,12 +128,12 @@ def _dispatch(args: argparse.Namespace) -> int:
               workers=args.workers, deterministic=not args.fast)
         return 0
     if args.command == "train":
-        from .experiments import eval_spec, profile_recipes
-        from .profiles import get_profile
-        from .recipe import FACTORS
-        from .runs import plan_table, run_recipes, shard, summary_table
-        from .store import Store
-        from .train import resolve_device
+        from .book.populations import eval_spec, profile_recipes
+        from .book.profiles import get_profile
+        from .pipeline.recipe import FACTORS
+        from .pipeline.runs import plan_table, run_recipes, shard, summary_table
+        from .pipeline.store import Store
+        from .pipeline.train import resolve_device
         p = get_profile(args.profile)
         _names_given("--dataset", args.dataset, p.datasets)
         _names_given("--factor", args.factor, [f for f in FACTORS if f in p.factors])
@@ -148,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(plan_table(recipes, spec, args.store))
             return 0
         Store(args.store).check_writable()  # a read-only or full disk stops here, not at the end
-        from .data import ensure
+        from .pipeline.data import ensure
         ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers={args.workers} must be >= 1")
@@ -158,13 +158,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(summary_table(results))
         return 0
     if args.command == "data":
-        from . import data as D
+        from .pipeline import data as D
         sizes = D.ensure(args.names, download=False if args.offline else None)
         for name, (n_train, n_test) in sizes.items():
             print(f"{name}: {n_train} training and {n_test} test images")
         return 0
     if args.command == "calibrate":
-        from .calibration import calibrate, design, summary_table
+        from .book.calibration import calibrate, design, summary_table
         from ._checks import check_range
         check_range("--n-sim", args.n_sim, 1, integer=True)
         check_range("--alpha", args.alpha, 0.0, 1.0, lo_open=True)
@@ -183,7 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.command == "store":
-        from .store import Store
+        from .pipeline.store import Store
         store = Store(args.store).require_existing()
         if args.action == "sweep":
             print(f"removed {store.sweep()} temporary folder(s) from {store.root}")
@@ -194,13 +194,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "verify":
         from pathlib import Path
 
-        from . import manifest as M
+        from .book import manifest as M
         report = M.verify(M.load(args.manifest), args.store,
                           Path(args.results) if args.results else None)
         print(report.text())
         return 0 if report.identical else 1
     if args.command == "env":
-        from .determinism import shell_exports
+        from .pipeline.determinism import shell_exports
         print("\n".join(shell_exports(not args.fast)))
         return 0
     raise AssertionError(args.command)
@@ -208,7 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _ls(store) -> int:
     """One row per trained model; a damaged entry is a DAMAGED row (not a crash)."""
-    from .store import ModelEntry, check_entry
+    from .pipeline.store import ModelEntry, check_entry
     damaged = 0
     for d in store.entry_dirs("models"):
         problems, _ = check_entry(d, "models")

@@ -4,7 +4,7 @@ Everything rmpm writes lives under one *cache root*:
 
 - ``<cache>/data``   data sets that torchvision downloads (MNIST, CIFAR-10, SVHN, ...)
 - ``<cache>/store``  the content-addressed result store (trained models, evaluations)
-- ``<cache>/results`` result files of notebooks run outside a book build (see rmpm.results)
+- ``<cache>/results`` result files of notebooks run outside a book build (see rmpm.book.records)
 
 The cache root is, in order of precedence: the ``RMPM_CACHE`` environment
 variable; ``<repo>/_cache`` when rmpm runs from a source checkout; else

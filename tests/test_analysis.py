@@ -1,9 +1,10 @@
-"""rmpm.analysis on small hand-built factor tables with known answers."""
+"""rmpm.book.factor_analysis on small hand-built factor tables with known answers."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from rmpm import analysis as A
+from rmpm.book import chapter
+from rmpm.book import factor_analysis as A
 
 FACTORS = ["init_seed", "lr", "width", "dropout", "both_seeds"]
 
@@ -50,9 +51,9 @@ def test_random_rankings_give_w_near_zero():
 def test_permutation_p_matches_chi_square_roughly_and_is_seeded():
     rng = np.random.default_rng(2)
     m = rng.random((6, 5)) + np.arange(5) * 0.3  # a weak common order
-    p1 = A.kendalls_w_permutation(m, 4000, seed=3)
-    assert p1 == A.kendalls_w_permutation(m, 4000, seed=3)
-    from rmpm.stats import friedman_test
+    from rmpm.measures.stats import friedman_test, kendalls_w_permutation
+    p1 = kendalls_w_permutation(m, 4000, seed=3)
+    assert p1 == kendalls_w_permutation(m, 4000, seed=3)
     assert p1 == pytest.approx(friedman_test(m).pvalue, abs=0.05)
 
 
@@ -68,9 +69,9 @@ def test_one_block_gives_none_and_bad_input_is_named():
     with pytest.raises(KeyError, match="no column.*rm_x"):
         A.block_matrix(t, "rm_x")
     with pytest.raises(ValueError, match="factors='nope' is not allowed"):
-        A.resolve_names("factors", "nope", FACTORS)
-    assert A.resolve_names("factors", None, FACTORS) == FACTORS
-    assert A.resolve_names("datasets", "mnist", ["mnist", "svhn"]) == ["mnist"]
+        chapter.resolve_names("factors", "nope", FACTORS)
+    assert chapter.resolve_names("factors", None, FACTORS) == FACTORS
+    assert chapter.resolve_names("datasets", "mnist", ["mnist", "svhn"]) == ["mnist"]
 
 
 def test_bootstrap_column_means_is_stratified_paired_and_seeded():
@@ -170,17 +171,17 @@ def test_rm_pm_correlations_monotone_and_centring():
 
 
 def test_helpers_for_the_notebooks():
-    opts = A.resolve_options("smoke", None, ["lr", "width"], "pool", None, min_factors=2)
+    opts = chapter.resolve_options("smoke", None, ["lr", "width"], "pool", None, min_factors=2)
     assert opts == {"datasets": ["fashion_mnist"], "factors": ["lr", "width"], "conv": "pool",
                     "n_boot": 200}
     with pytest.raises(ValueError, match="datasets='cifar10' is not allowed"):
-        A.resolve_options("smoke", ["cifar10"])
+        chapter.resolve_options("smoke", ["cifar10"])
     with pytest.raises(ValueError, match="conv='mean' is not allowed"):
-        A.resolve_options("smoke", conv="mean")
+        chapter.resolve_options("smoke", conv="mean")
     with pytest.raises(ValueError, match="needs at least 2 factors"):
-        A.resolve_options("smoke", factors="lr", min_factors=2)
+        chapter.resolve_options("smoke", factors="lr", min_factors=2)
     with pytest.raises(ValueError, match="n_boot=0"):
-        A.resolve_options("smoke", n_boot=0)
+        chapter.resolve_options("smoke", n_boot=0)
     ci = pd.DataFrame({"estimate": [0.5], "low": [0.25], "high": [0.75]}, index=["lr"])
     assert A.format_intervals({"rm": ci}, 2).loc["lr", "rm"] == "0.50 [0.25, 0.75]"
     t = pd.DataFrame({"dataset": ["a"] * 6, "rm": [1, 2, 3, 4, 5, 6], "pm:iid": [1, 3, 2, 4, 6, 5],
@@ -192,7 +193,7 @@ def test_helpers_for_the_notebooks():
 
 
 def test_distinct_models_counts_shared_base_once():
-    from rmpm.recipe import Recipe, vary
+    from rmpm.pipeline.recipe import Recipe, vary
     base = Recipe(epochs=1, width=4)
     pops = {"init_seed": vary(base, "init_seed", (0, 1), 2), "lr": vary(base, "lr", (1e-3, 2e-3), 2)}
     # per replicate: base (init offset 0 == lr 2e-3), init +1, lr 1e-3 -> 3 models, x 2 replicates

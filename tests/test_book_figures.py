@@ -5,8 +5,8 @@ import re
 import nbformat
 import pytest
 
-from rmpm import book
-from rmpm.notebook import split_figure_outputs
+from rmpm.book import build as book
+from rmpm.book.chapter import split_figure_outputs
 
 NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
 

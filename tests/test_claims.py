@@ -2,11 +2,10 @@
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from rmpm import analysis as A, calibration as C, claims, decisions as D
-from rmpm.claims import NOT_EVIDENCE, NOT_SUPPORTED, NOT_TESTED, PARTLY, SUPPORTED
+from rmpm.book import factor_analysis as A, calibration as C, claims, decisions as D
+from rmpm.book.claims import NOT_EVIDENCE, NOT_SUPPORTED, NOT_TESTED, PARTLY, SUPPORTED
 
 DESIGN = C.design("default")
 # enough simulations that a rule with a 0.10 false-positive rate fails the

@@ -1,4 +1,4 @@
-"""rmpm.data: loaders on tiny files in torchvision's own on-disk formats, and the index helpers.
+"""rmpm.pipeline.data: loaders on tiny files in torchvision's own on-disk formats, and the index helpers.
 
 Every test writes its own small data set into a temporary folder and loads it
 with ``download=False``, so nothing goes to the network.
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm import data, paths
+from rmpm.pipeline import data
+from rmpm import paths
 
 
 # ----------------------------------------------------------------------------- writers
@@ -243,21 +244,6 @@ def test_missing_data_offline(tmp_path, no_debian_fashion, name):
 
 # ----------------------------------------------------------------------------- indices
 
-def test_split_train_val():
-    tr, va = data.split_train_val(100, 20, seed=5)
-    assert len(tr) == 80 and len(va) == 20
-    assert torch.equal(torch.cat([tr, va]).sort().values, torch.arange(100))
-    assert torch.equal(tr, tr.sort().values)
-    tr2, va2 = data.split_train_val(100, 20, seed=5)
-    assert torch.equal(tr, tr2) and torch.equal(va, va2)
-    assert not torch.equal(va, data.split_train_val(100, 20, seed=6)[1])
-    assert len(data.split_train_val(100, 0.25, seed=0)[1]) == 25
-    assert len(data.split_train_val(10, 0, seed=0)[1]) == 0
-    for bad in (100, -1, 1.0, 1.5):
-        with pytest.raises(ValueError, match="val_size"):
-            data.split_train_val(100, bad, seed=0)
-
-
 def test_subset_indices():
     a = data.subset_indices(1000, 300, seed=0)
     assert len(a) == 300 and len(a.unique()) == 300 and a.dtype == torch.int64
@@ -277,10 +263,9 @@ def test_subset_indices():
 
 def test_indices_known_values():
     # pins the seeding scheme (and torch's CPU generator): if these change, every
-    # subset, split and probe sample of a stored experiment changes with them
+    # subset and probe sample of a stored experiment changes with them
     assert data.subset_indices(10, 4, seed=0).tolist() == [2, 5, 8, 9]
     assert sorted(data.sample_indices(20, 5, seed=1).tolist()) == [2, 3, 8, 15, 18]
-    assert data.split_train_val(10, 3, seed=0)[1].tolist() == [1, 5, 6]
 
 
 def test_sample_indices():
@@ -327,7 +312,7 @@ def test_ensure_reports_every_missing_data_set(tmp_path, monkeypatch):
 def test_long_runs_stop_before_any_work_when_a_data_set_is_missing(tmp_path, monkeypatch, capsys):
     """smoke_multi needs digits: with digits missing neither the book build nor
     training starts (no notebook executed, nothing trained)."""
-    from rmpm import book
+    from rmpm.book import build as book
     from rmpm.cli import main
     _without(monkeypatch, "digits")
     ran = []

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from rmpm import engine as E
-from rmpm import manifest as M
-from rmpm.evaluate import EvalSpec
-from rmpm.recipe import Recipe
-from rmpm.runs import run_recipes
-from rmpm.store import Store
+from rmpm.pipeline import engine as E
+from rmpm.book import manifest as M
+from rmpm.pipeline.evaluate import EvalSpec
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.runs import run_recipes
+from rmpm.pipeline.store import Store
 
 pytestmark = pytest.mark.cluster
 
@@ -39,11 +39,11 @@ SPEC = EvalSpec(n_test=120, n_probe=60, corruptions=("gaussian_noise",), severit
 
 _SCRIPT = """
 import json, sys
-from rmpm import manifest as M
-from rmpm.evaluate import EvalSpec
-from rmpm.recipe import Recipe
-from rmpm.runs import run_recipes
-from rmpm.store import Store
+from rmpm.book import manifest as M
+from rmpm.pipeline.evaluate import EvalSpec
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.runs import run_recipes
+from rmpm.pipeline.store import Store
 if __name__ == "__main__":
     args = json.loads(sys.argv[1])
     recipes = [Recipe.from_dict(d) for d in args["recipes"]]
@@ -115,7 +115,7 @@ def _digests(store: Store, recipes) -> dict[str, str]:
 
 
 def test_a_profile_trains_on_the_cluster(client, tmp_path):
-    from rmpm import experiments as X
+    from rmpm.book import populations as X
     store = Store(tmp_path)
     out = X.train_profile("smoke_multi", datasets=["digits"], factors=["init_seed", "lr"],
                           store=store, progress=False, workers=2)
@@ -208,7 +208,7 @@ def test_two_clients_on_one_store_store_each_recipe_once(client, tmp_path):
 
 
 def test_workers_zero_refuses_an_unpinned_process(tmp_path):
-    from rmpm import determinism
+    from rmpm.pipeline import determinism
     if determinism.is_pinned():
         pytest.skip("this test process was started pinned")
     with pytest.raises(ValueError, match="workers=0 runs in this process"):
@@ -220,7 +220,7 @@ def test_workers_zero_refuses_an_unpinned_process(tmp_path):
 
 def test_an_unpinned_worker_refuses_deterministic_work(monkeypatch):
     """A worker of an external cluster started without the environment refuses."""
-    from rmpm import determinism
+    from rmpm.pipeline import determinism
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     if determinism.cpu_capability() == determinism.PINNED_CAPABILITY:
         monkeypatch.setattr(determinism, "cpu_capability", lambda: "AVX512")
@@ -237,7 +237,7 @@ def test_an_unpinned_worker_refuses_deterministic_work(monkeypatch):
 
 def test_env_command_and_worker_count_checks(capsys, tmp_path):
     from rmpm.cli import main
-    from rmpm.determinism import PINNED_ENV
+    from rmpm.pipeline.determinism import PINNED_ENV
     assert main(["env"]) == 0
     out = capsys.readouterr().out.splitlines()
     for k, v in PINNED_ENV.items():

@@ -3,13 +3,13 @@ and the ensemble engine through ``run_recipes``."""
 import pytest
 import torch
 
-from rmpm.ensemble import batch_key, fit_ensemble, group_recipes
-from rmpm.evaluate import EvalSpec
-from rmpm.models import build_model
-from rmpm.recipe import Recipe
-from rmpm.runs import run_recipes
-from rmpm.store import Store
-from rmpm.train import fit, prepare
+from rmpm.pipeline.ensemble import batch_key, fit_ensemble, group_recipes
+from rmpm.pipeline.evaluate import EvalSpec
+from rmpm.pipeline.models import build_model
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.runs import run_recipes
+from rmpm.pipeline.store import Store
+from rmpm.pipeline.train import fit, prepare
 
 BASE = Recipe(dataset="digits", arch="cnn", width=4, epochs=2, batch_size=64, lr=1e-2,
               train_size=400)
@@ -141,7 +141,7 @@ def test_amp_path_runs_on_cpu(digits):
 
 
 def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
-    import rmpm.runs as runs
+    import rmpm.pipeline.runs as runs
     store = Store(tmp_path)
     small = BASE.replace(width=2, epochs=1)
     recipes = [small.replace(init_seed=i) for i in range(3)] + [small.replace(width=3)]

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm import experiments as X, multiplicity as PM
+from rmpm.book import populations as X
+from rmpm.measures import multiplicity as PM
 from rmpm.cli import main
-from rmpm.train import resolve_device
+from rmpm.pipeline.train import resolve_device
 
 
 def _probs():
@@ -32,15 +33,15 @@ def test_summary_refuses_string_labels():
 
 
 def _no_work(monkeypatch):
-    import rmpm.data
-    import rmpm.train
+    import rmpm.pipeline.data
+    import rmpm.pipeline.train
 
     def fail(*a, **k):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr(rmpm.data, "ensure", fail)
-    monkeypatch.setattr(rmpm.data, "load", fail)
-    monkeypatch.setattr(rmpm.train, "prepare", fail)
+    monkeypatch.setattr(rmpm.pipeline.data, "ensure", fail)
+    monkeypatch.setattr(rmpm.pipeline.data, "load", fail)
+    monkeypatch.setattr(rmpm.pipeline.train, "prepare", fail)
 
 
 def test_bad_device_is_named_before_any_data_is_loaded(tmp_path, monkeypatch, capsys):
@@ -70,7 +71,7 @@ def test_option_with_no_names_is_an_error(tmp_path, monkeypatch, capsys):
 
 
 def test_book_only_with_no_names_is_an_error(monkeypatch, capsys):
-    from rmpm import book
+    from rmpm.book import build as book
     monkeypatch.setattr(book, "build", lambda *a, **k: pytest.fail("the build started"))
     assert main(["book", "--profile", "smoke", "--only"]) == 2
     assert ("rmpm book: error: --only needs at least one name; choose from: 00_methods, "

@@ -1,9 +1,9 @@
 """Profile time estimates: random tensors of the right shape, and the arithmetic."""
 import pytest
 
-from rmpm import estimate as T
-from rmpm.experiments import profile_recipes
-from rmpm.recipe import Recipe
+from rmpm.pipeline import estimate as T
+from rmpm.book.populations import profile_recipes
+from rmpm.pipeline.recipe import Recipe
 
 
 def test_random_data_has_each_data_sets_shape():

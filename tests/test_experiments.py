@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from rmpm import experiments as X
-from rmpm.profiles import Profile
-from rmpm.recipe import Recipe
-from rmpm.store import Store
+from rmpm.book import populations as X
+from rmpm.book.profiles import Profile
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.store import Store
 
 BASE = Recipe(dataset="digits", arch="cnn", width=4, epochs=1, batch_size=64, lr=5e-3)
 TINY = Profile(name="tiny", description="test", datasets=("digits",), base={"digits": BASE},
@@ -80,5 +80,5 @@ def test_factor_table_for_a_resnet(store):
     assert layers == ["stem", "stage1", "stage2", "stage3", "logits"]
     assert all(0 < df[f"rm:{l}"].iloc[0] < 1 for l in layers)  # 3 seeds: some, not total, difference
     assert df["pm:iid"].iloc[0] > 0
-    from rmpm.analysis import layer_names
+    from rmpm.book.factor_analysis import layer_names
     assert layer_names(df) == layers

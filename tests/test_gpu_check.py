@@ -61,7 +61,7 @@ def test_dry_run_similarity_and_pace(dry):
     assert all(m["finite"] and 0 < m["mean_offdiag"] <= 1 for m in sim["measures"].values())
     pace = dry[1]["sections"]["pace"]
     [group] = pace["groups"]
-    from rmpm.experiments import profile_recipes
+    from rmpm.book.populations import profile_recipes
     assert pace["profile"] == "paper" and \
         pace["plan"]["fashion_mnist"]["recipes"] == len(profile_recipes("paper", ["fashion_mnist"]))
     assert group["members"] == 2 and group["model_epochs"] == 2 and group["seconds"] > 0

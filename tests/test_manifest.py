@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm import manifest as M
+from rmpm.book import manifest as M
 from rmpm.cli import main
-from rmpm.evaluate import EvalSpec
-from rmpm.recipe import Recipe
-from rmpm.runs import run_recipes
-from rmpm.store import Store
+from rmpm.pipeline.evaluate import EvalSpec
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.runs import run_recipes
+from rmpm.pipeline.store import Store
 
 TINY = Recipe(dataset="digits", arch="mlp", width=8, epochs=1, batch_size=64, lr=5e-3)
 SPEC = EvalSpec(n_test=60, n_probe=30)
@@ -42,7 +42,7 @@ def test_digests_are_of_content_not_files(built, tmp_path):
     # re-saving the same arrays (new zip timestamps) keeps the evaluation's digest
     ev = store.eval(TINY, SPEC.key())
     before = M.eval_digest(ev)
-    from rmpm.store import save_npz
+    from rmpm.pipeline.store import save_npz
     save_npz(ev.path / "arrays.npz", ev.arrays())
     assert M.eval_digest(ev) == before
     # a result file's time stamp does not count, its values do
@@ -74,7 +74,7 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     m["test_acc"] += 0.125
     (e.path / "metrics.json").write_text(json.dumps(m))
     # a consistent entry of other content (not damage, which the store would quarantine)
-    from rmpm.store import write_manifest
+    from rmpm.pipeline.store import write_manifest
     write_manifest(e.path)
     # the second model's evaluation is gone
     shutil.rmtree(store.eval(RECIPES[1], SPEC.key()).path)
@@ -84,7 +84,7 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     doc["values"]["rm"] = 0.75
     f.write_text(json.dumps(doc))
     # a rule that turns on that value, so the verdict flips
-    import rmpm.claims as C
+    import rmpm.book.claims as C
     monkeypatch.setattr(C, "all_verdicts", lambda vals, **kw: [C.Verdict(
         "C1", C.SUPPORTED if vals["03_rm_by_factor"]["rm"] < 0.5 else C.NOT_SUPPORTED, "", "")])
 
@@ -122,8 +122,9 @@ def test_bad_manifest(tmp_path, capsys):
 def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
     """The build's manifest covers the profile's models and any model a result file
     names; the page states the mode, engine, CPU and the digests."""
-    import rmpm.experiments as X
-    from rmpm import book, paths
+    import rmpm.book.populations as X
+    from rmpm import paths
+    from rmpm.book import build as book
     store = Store(tmp_path / "store")
     extra = TINY.replace(init_seed=7)
     run_recipes(RECIPES + [extra], SPEC, store, "cpu", progress=False, workers=0,

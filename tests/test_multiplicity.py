@@ -1,4 +1,4 @@
-"""rmpm.multiplicity on hand-built populations with known answers."""
+"""rmpm.measures.multiplicity on hand-built populations with known answers."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 
-from rmpm import multiplicity as PM
+from rmpm.measures import multiplicity as PM
 
 
 def onehot(preds, k):

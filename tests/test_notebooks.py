@@ -4,7 +4,10 @@ import json
 import nbformat
 import pytest
 
-from rmpm import book, decisions as D, paths
+from rmpm import paths
+
+from rmpm.book import build as book
+from rmpm.book import decisions as D
 
 NOTEBOOKS = book.notebook_paths()
 

@@ -3,10 +3,10 @@ papermill's two parameter cells (the notebook's defaults, then the injected valu
 import nbformat
 import pytest
 
-from rmpm import book
-from rmpm.notebook import (PARAMETER_CELL_ID, parameter_table, present_parameters,
+from rmpm.book import build as book
+from rmpm.book.chapter import (PARAMETER_CELL_ID, parameter_table, present_parameters,
                            resolve_default)
-from rmpm.profiles import get_profile
+from rmpm.book.profiles import get_profile
 
 SOURCE = '''profile = "smoke"   # smoke | smoke_multi | default | paper
 dataset = None      # None: the profile's first data set

@@ -36,6 +36,8 @@ def test_readme_own_models_snippet_runs(tmp_path, monkeypatch):
     exec(compile(code, str(README), "exec"), ns)
     assert ns["sim"].shape == (3, 3) and np.allclose(np.diag(ns["sim"]), 1.0)
     assert 0.0 < ns["rm"] < 1.0  # different random models: some, not total, dissimilarity
+    assert abs(ns["one_pair"] - ns["sim"][0, 1]) < 1e-9  # the object API agrees with all-pairs
+    assert ns["pm_ci"].low <= ns["pm_ci"].estimate <= ns["pm_ci"].high
     assert ns["probs"].shape == (3, 300, 10)
     assert ns["pm"]["n_models"] == 3 and ns["pm"]["prediction_variance"] > 0
     assert (tmp_path / "my-report" / "manifest.json").is_file()

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from rmpm.profiles import PROFILES, get_profile
-from rmpm.recipe import FACTORS, Recipe, replicate_base, unique_recipes, vary
+from rmpm.book.profiles import PROFILES, get_profile
+from rmpm.pipeline.recipe import FACTORS, Recipe, replicate_base, unique_recipes, vary
 
 
 def test_equal_recipes_equal_keys():
@@ -35,7 +35,7 @@ def test_key_is_stable_across_processes():
     # A literal key: if this changes, every stored result is orphaned; bump
     # SCHEMA_VERSION deliberately instead of changing hashing by accident.
     import subprocess, sys
-    out = subprocess.run([sys.executable, "-c", "from rmpm.recipe import Recipe; print(Recipe().key())"],
+    out = subprocess.run([sys.executable, "-c", "from rmpm.pipeline.recipe import Recipe; print(Recipe().key())"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == Recipe().key()
 
@@ -112,7 +112,7 @@ def test_profiles_are_consistent():
 
 
 def test_toy_profiles_carry_the_not_evidence_warning():
-    from rmpm.notebook import banner
+    from rmpm.book.chapter import banner
     for name, p in PROFILES.items():
         warned = "```{warning}" in banner(name)
         assert warned == (not p.evidence), name
@@ -123,7 +123,7 @@ def test_toy_profiles_carry_the_not_evidence_warning():
 
 
 def test_relative_values_scale_each_data_set_base():
-    from rmpm.recipe import FACTORS
+    from rmpm.pipeline.recipe import FACTORS
     adam = Recipe(lr=2e-3, batch_size=128)
     sgd = Recipe(dataset="cifar10", arch="resnet", optimizer="sgd", lr=0.1, batch_size=256)
     for base, lr in ((adam, 2e-3), (sgd, 0.1)):
@@ -142,7 +142,7 @@ def test_relative_values_scale_each_data_set_base():
 def test_every_profile_gives_every_factor_the_same_population_size():
     # PM (a variance over models with ddof=0) grows with the number of models, so
     # populations compared with each other must be equally large
-    from rmpm.profiles import PROFILES
+    from rmpm.book.profiles import PROFILES
     for p in PROFILES.values():
         sizes = {f: len(v) for f, v in p.factors.items()}
         assert len(set(sizes.values())) == 1, (p.name, sizes)

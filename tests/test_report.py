@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmpm import report as R
+from rmpm.measures import report as R
 
 
 def _onehotish(classes, k=3, conf=0.95):
@@ -106,7 +106,6 @@ def test_colour_images_are_shown_in_colour():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rmpm import plots
     g = torch.Generator().manual_seed(0)
     x01 = torch.rand((6, 3, 32, 32), generator=g)
     p = _onehotish([[0, 1, 2, 1, 0, 2], [0, 1, 1, 1, 0, 2], [2, 1, 2, 1, 0, 0]])
@@ -119,7 +118,7 @@ def test_colour_images_are_shown_in_colour():
     assert rep_x.images.min() == 0.0 and rep_x.images.max() == 1.0  # rescaled per image
     gray = R.multiplicity_report(p, x01[:, :1], n_boot=20)
     assert gray.images.shape == (6, 32, 32)
-    fig = plots.prediction_gallery(rep.images, p, [5, 2], labels=[0, 1, 2, 1, 0, 2], ncols=2)
+    fig = R.prediction_gallery(rep.images, p, [5, 2], labels=[0, 1, 2, 1, 0, 2], ncols=2)
     drawn = [im.get_array() for ax in fig.axes for im in ax.get_images()]
     assert [a.shape for a in drawn] == [(32, 32, 3)] * 2
     plt.close("all")

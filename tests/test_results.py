@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-from rmpm import book, notebook as N, paths, results
+from rmpm import paths
+
+from rmpm.book import build as book
+from rmpm.book import chapter as N, records as results
 
 
 @pytest.fixture
@@ -100,7 +103,7 @@ def test_every_notebook_checks_its_parameters_first():
         i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         first = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")
         assert first.source.splitlines()[0] == (
-            f'from rmpm.notebook import check_parameters; check_parameters("{path.stem}", globals())')
+            f'from rmpm.book.chapter import check_parameters; check_parameters("{path.stem}", globals())')
         for profile in ("smoke", "smoke_multi", "default", "paper"):  # the defaults pass
             N.check_values(path.stem, {**N.declared_parameters(path.stem), "profile": profile})
 

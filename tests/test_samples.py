@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rmpm import samples as S
+from rmpm.book import finite_samples as S
 
 
 def _probs(m, n, k=4, seed=0, noise=1.0):
@@ -33,7 +33,7 @@ def test_pm_ci_shrinks_with_n_and_matches_full_estimate():
     f = S.pm_by_inputs(p, [20, 100, 800], n_boot=200)
     assert list(f["n"]) == [20, 100, 800]
     assert f["half_width"].iloc[0] > f["half_width"].iloc[1] > f["half_width"].iloc[2]
-    from rmpm.multiplicity import prediction_variance
+    from rmpm.measures.multiplicity import prediction_variance
     assert f["estimate"].iloc[-1] == pytest.approx(prediction_variance(p))
     assert (f["low"] <= f["estimate"]).all() and (f["estimate"] <= f["high"]).all()
 
@@ -104,7 +104,7 @@ def test_predictive_correlations_and_lodo():
 
 
 def test_fast_rm_matches_the_similarity_module():
-    from rmpm import similarity as SIM
+    from rmpm.measures import similarity as SIM
     acts = _acts(3, 120, 7, seed=3, shared=0.6)
     rows = np.random.default_rng(1).integers(0, 120, 120)
     fast = S._rm_on_rows(acts, rows, 0.99)["l1"]
@@ -116,7 +116,7 @@ def test_fast_rm_matches_the_similarity_module():
 def test_positions_rows_are_resampled_by_input():
     # (input, position) rows: inputs own 1-3 rows each; subsamples and the null
     # must take whole inputs, and "n inputs" counts inputs, not rows
-    from rmpm import samples as S
+    from rmpm.book import finite_samples as S
     rng = np.random.default_rng(0)
     owner = np.repeat(np.arange(40), rng.integers(1, 4, 40))
     acts = {"conv": [rng.normal(size=(len(owner), 5)) for _ in range(3)]}
@@ -136,7 +136,7 @@ def test_positions_rows_are_resampled_by_input():
 
 def test_flatten_conv_reports_the_input_of_every_row():
     import torch
-    from rmpm.similarity import flatten_conv
+    from rmpm.measures.similarity import flatten_conv
     x = torch.randn(6, 3, 4, 4)
     rows, inputs = flatten_conv(x, "positions", max_points=20, seed=1, return_inputs=True)
     assert rows.shape == (20, 3) and inputs.shape == (20,)

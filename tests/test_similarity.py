@@ -1,10 +1,10 @@
-"""rmpm.similarity: invariances, independent re-implementations, known values, edge cases."""
+"""rmpm.measures.similarity: invariances, independent re-implementations, known values, edge cases."""
 
 import numpy as np
 import pytest
 import torch
 
-from rmpm import similarity as S
+from rmpm.measures import similarity as S
 
 
 def rand(n, p, seed=0):

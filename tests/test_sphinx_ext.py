@@ -1,7 +1,7 @@
 """The book's Sphinx extension keeps each script once per page."""
 from sphinx.builders.html._assets import _JavaScript
 
-from rmpm.sphinx_ext import unique_scripts
+from rmpm.book.sphinx_ext import unique_scripts
 
 
 def test_an_inline_script_registered_twice_is_kept_once_in_order():

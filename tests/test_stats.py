@@ -1,10 +1,10 @@
-"""rmpm.stats against scipy and hand-computed values."""
+"""rmpm.measures.stats against scipy and hand-computed values."""
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from rmpm import stats as S
-from rmpm.multiplicity import prediction_variance
+from rmpm.measures import stats as S
+from rmpm.measures.multiplicity import prediction_variance
 
 
 def test_bootstrap_ci_mean_matches_normal_theory_and_is_seeded():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm.recipe import Recipe
-from rmpm.store import TMP_PREFIX, Store, commit_dir
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.store import TMP_PREFIX, Store, commit_dir
 
 
 def _put(store, recipe, value=1.0):

@@ -8,7 +8,6 @@ points ends, after a rerun, in a clean store with the same numbers. Tiny 1-epoch
 MLPs on scikit-learn's digits keep this fast.
 """
 import errno
-import json
 import os
 import random
 import shutil
@@ -23,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm import experiments as X
+from rmpm.book import populations as X
 from rmpm.cli import main
-from rmpm.profiles import get_profile
-from rmpm.runs import run_recipes
-from rmpm.store import (MANIFEST, QUARANTINE, DamagedEntryError, Store, StoreDamageWarning,
+from rmpm.book.profiles import get_profile
+from rmpm.pipeline.runs import run_recipes
+from rmpm.pipeline.store import (MANIFEST, QUARANTINE, DamagedEntryError, Store, StoreDamageWarning,
                         StoreWriteError, check_entry)
 
 _R = get_profile("smoke_multi").reference["digits"].replace(epochs=1, width=16)
@@ -204,7 +203,7 @@ _CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_store_integrity import run
-from rmpm.store import Store
+from rmpm.pipeline.store import Store
 print("ready", flush=True)
 run(Store({root!r}))
 print("done", flush=True)
@@ -240,7 +239,7 @@ def test_kill_9_at_random_points_ends_clean(clean, tmp_path, capsys):
 
 
 def test_full_disk_stops_with_the_path_and_the_remedy(tmp_path, monkeypatch):
-    import rmpm.store as S
+    import rmpm.pipeline.store as S
     store = Store(tmp_path)
     r = TINY.reference["digits"]
 
@@ -255,7 +254,7 @@ def test_full_disk_stops_with_the_path_and_the_remedy(tmp_path, monkeypatch):
 
 
 def test_read_only_store_stops_train_before_any_work(tmp_path, monkeypatch, capsys):
-    import rmpm.data
+    import rmpm.pipeline.data
     from pathlib import Path as P
 
     def read_only(self, data):
@@ -265,7 +264,7 @@ def test_read_only_store_stops_train_before_any_work(tmp_path, monkeypatch, caps
         raise AssertionError("data was loaded before the store was checked")
 
     monkeypatch.setattr(P, "write_bytes", read_only)
-    monkeypatch.setattr(rmpm.data, "ensure", no_data)
+    monkeypatch.setattr(rmpm.pipeline.data, "ensure", no_data)
     rc = main(["train", "--profile", "smoke", "--reference", "--device", "cpu",
                "--store", str(tmp_path)])
     err = capsys.readouterr().err

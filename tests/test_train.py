@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm.evaluate import EvalSpec
-from rmpm.recipe import Recipe
-from rmpm.runs import run_recipe, run_recipes
-from rmpm.store import Store
-from rmpm.train import augment, fit, lr_at, train_indices
+from rmpm.pipeline.evaluate import EvalSpec
+from rmpm.pipeline.recipe import Recipe
+from rmpm.pipeline.runs import run_recipe, run_recipes
+from rmpm.pipeline.store import Store
+from rmpm.pipeline.train import augment, fit, lr_at, train_indices
 
 TINY = Recipe(dataset="digits", arch="cnn", width=4, epochs=2, batch_size=64, lr=5e-3)
 SPEC = EvalSpec(n_test=120, n_probe=60, corruptions=("gaussian_noise",), severities=(1, 5))
@@ -104,14 +104,14 @@ def test_run_recipe_stores_and_reuses(tmp_path):
     r2 = run_recipe(TINY, SPEC, store, "cpu")
     assert not r2.trained and r2.model.path == r1.model.path
     # the stored weights reproduce the stored predictions
-    from rmpm.evaluate import evaluate
+    from rmpm.pipeline.evaluate import evaluate
     [(m2, a2)] = evaluate([r2.model.load_model()], TINY.dataset, SPEC)
     np.testing.assert_array_equal(a2["probs:iid"], arr["probs:iid"])
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):
     """A run killed during the third model keeps the first two; rerun trains only the rest."""
-    import rmpm.runs as runs
+    import rmpm.pipeline.runs as runs
     store = Store(tmp_path)
     recipes = [TINY.replace(init_seed=i) for i in range(4)]
     real_fit, calls = runs.fit, []
@@ -187,7 +187,7 @@ def test_run_recipe_maps_over_separate_processes(tmp_path):
 
 
 def test_shards_partition_the_deduplicated_recipes():
-    from rmpm.runs import shard
+    from rmpm.pipeline.runs import shard
     recipes = [TINY.replace(init_seed=i) for i in range(7)]
     parts = [shard(recipes + recipes[:2], i, 3) for i in range(3)]  # duplicates dropped
     keys = [r.key() for p in parts for r in p]

@@ -1,0 +1,452 @@
+"""Build the book: execute every notebook with papermill under a profile, then
+render them with Jupyter Book 1.x.
+
+``python -m rmpm book --profile smoke`` is what ``make book`` runs. Executed
+notebooks go to ``book/_executed`` (never committed); the trained models they
+need come from the store, so a second build retrains nothing.
+
+Every build writes its result files to a folder of its own,
+``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book.records`),
+and the book's pages read only that folder; ``latest`` in the profile's folder
+names the last build that executed all its notebooks. ``--only`` starts a new
+build from a copy of the latest one's results, so it never rewrites a finished
+build either.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from .._checks import check_choice
+from .profiles import get_profile
+from ..atomic import atomic_write_text
+
+KERNEL_NAME = "rmpm"
+
+
+def notebook_paths() -> list[Path]:
+    """The book's notebooks, in chapter order (their file names start with the number)."""
+    return sorted(paths.notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The parameters a notebook declares in its ``parameters`` cell, with defaults."""
+    import papermill as pm
+    return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(path: Path, params: dict[str, Any]) -> None:
+    """Refuse parameters the notebook does not declare (papermill would only warn),
+    and values that break :func:`rmpm.book.chapter.check_values` (the same check the
+    notebook itself makes when it runs), before anything is executed."""
+    from .chapter import check_values
+    declared = notebook_parameters(path)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"{path.name} has no parameter(s) {', '.join(unknown)}; "
+                         f"its parameters are: {', '.join(sorted(declared))}")
+    # papermill reports defaults as source text, e.g. '"smoke"'
+    profile = params["profile"] if "profile" in params else ast.literal_eval(declared["profile"])
+    check_values(Path(path), {**params, "profile": profile})
+
+
+def kernel_name() -> str:
+    """The project kernel if it is registered, else the current interpreter's ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = None,
+            progress: bool = False) -> float:
+    """Execute one notebook with papermill; returns the seconds it took.
+
+    A failing cell raises (papermill's PapermillExecutionError), after writing
+    the partially executed notebook to ``out`` for inspection.
+    """
+    import papermill as pm
+    check_parameters(path, params)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
+                        cwd=str(cwd or path.parent), progress_bar=progress)
+    return time.perf_counter() - t0
+
+
+def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
+    """The notebooks named in ``only`` (None: all), checked before any work."""
+    nbs = notebook_paths()
+    if only is None:
+        return nbs
+    names = [p.stem for p in nbs]
+    if not only:
+        raise ValueError(f"only={list(only)!r} names no notebook; choose from: "
+                         f"{', '.join(names)} (or None for all)")
+    for o in only:
+        check_choice("notebook", o, names)
+    return [p for p in nbs if p.stem in only]
+
+
+@dataclass(frozen=True)
+class Build:
+    """One book build: its id and the folder its result files live in."""
+
+    profile: str
+    id: str
+    dir: Path
+
+    @property
+    def results_dir(self) -> Path:
+        return self.dir / "results"
+
+
+def builds_root() -> Path:
+    return paths.generated_dir() / "builds"
+
+
+def latest_build(profile: str, root: Path | None = None) -> Build | None:
+    """The last build of ``profile`` that executed all of its notebooks."""
+    d = (root or builds_root()) / profile
+    try:
+        bid = (d / "latest").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
+
+
+def new_build(profile: str, root: Path | None = None, inherit: bool = False) -> Build:
+    """A fresh build folder; with ``inherit`` it starts with a copy of the latest
+    build's results (for ``--only``: the other chapters' results stay available)."""
+    get_profile(profile)
+    d = (root or builds_root()) / profile
+    bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    b = Build(profile, bid, d / bid)
+    b.results_dir.mkdir(parents=True)
+    prev = latest_build(profile, root) if inherit else None
+    if prev is not None and prev.results_dir.is_dir():
+        for f in prev.results_dir.glob("*.json"):
+            shutil.copy2(f, b.results_dir / f.name)
+    return b
+
+
+@contextmanager
+def build_env(b: Build) -> Iterator[Build]:
+    """Point this process (and the notebook kernels it starts, which inherit the
+    environment) at the build's results folder."""
+    from ..pipeline.engine import environ
+    with environ({"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}):
+        yield b
+
+
+def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
+    """In the executed copy ``out`` of ``path``, replace papermill's two parameter cells
+    (the notebook's defaults, then the injected values) by one table of the values the
+    page ran with (:func:`rmpm.book.chapter.present_parameters`), and give each captioned
+    figure cell its image alone (:func:`rmpm.book.chapter.split_figure_outputs`)."""
+    import nbformat
+    import papermill as pm
+
+    from .chapter import present_parameters, split_figure_outputs
+    nb = present_parameters(nbformat.read(out, as_version=4),
+                            pm.inspect_notebook(str(path)), params)
+    atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
+
+
+def run_notebooks(profile: str, only: Sequence[str] | None = None,
+                  out_dir: Path | None = None, build: Build | None = None,
+                  builds_dir: Path | None = None) -> dict[str, float]:
+    """Execute the book's notebooks under ``profile``; returns seconds per notebook.
+
+    Results go to ``build``'s folder (default: a new build under ``builds_dir``,
+    see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
+    """
+    get_profile(profile)
+    out_dir = out_dir or paths.executed_dir()
+    nbs = select_notebooks(only)
+    build = build or new_build(profile, builds_dir, inherit=bool(only))
+    timings = {}
+    with build_env(build):
+        for nb in nbs:
+            print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
+                  flush=True)
+            timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
+            show_parameters(nb, out_dir / nb.name, {"profile": profile})
+            print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    atomic_write_text(build.dir.parent / "latest", build.id + "\n")
+    return timings
+
+
+def kernel_env(deterministic: bool = True) -> dict[str, str]:
+    """Environment of the notebooks' kernels: in deterministic mode pinned like the
+    workers (the kernels compute the result files from stored arrays), plus
+    OpenBLAS (numpy's and scipy's linear algebra) pinned to its AVX2 kernels."""
+    from ..pipeline.determinism import worker_env
+    env = worker_env(deterministic)
+    if deterministic:
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    return env
+
+
+def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int | None = None,
+                  deterministic: bool = True,
+                  build: Build | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the profile's models on one Dask cluster, then execute the notebooks
+    with that cluster's address in ``$RMPM_SCHEDULER`` (their ``run_recipes``
+    calls submit to it). Returns the notebook timings and what ran them."""
+    from ..pipeline import engine as E
+    from .chapter import TRAINED_VAR
+    from .populations import train_profile
+    p = get_profile(profile)
+    external = E.scheduler_address()
+    with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
+        t0 = time.perf_counter()
+        train_profile(p, device=p.device, deterministic=deterministic, scheduler=address)
+        train_s = time.perf_counter() - t0
+        client = E.get_client(scheduler=address)
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        # every model is stored now: the chapters load them without re-checking
+        with E.environ({TRAINED_VAR: p.name}):
+            timings = {"training (all notebooks' models)": train_s,
+                       **run_notebooks(profile, only, build=build)}
+    info = {"workers": n, "threads_per_worker": 1, "deterministic": deterministic,
+            "scheduler": external or "embedded LocalCluster"}
+    return timings, info
+
+
+def write_build_info(profile: str, timings: dict[str, float], build: Build | None = None,
+                     engine_info: dict[str, Any] | None = None) -> Path:
+    """Record what built the book; the reproducibility page and the manifest read it
+    (and the build's result files: ``build``, default the profile's latest)."""
+    import platform
+
+    import torch
+    build = build or latest_build(profile)
+    gen = paths.generated_dir()
+    gen.mkdir(parents=True, exist_ok=True)
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
+            "cuda": torch.cuda.is_available(), "git_commit": commit,
+            "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "build": build.id if build else None,
+            "results_dir": str(build.results_dir) if build else None,
+            **_engine_info(engine_info)}
+    path = gen / "build_info.json"
+    atomic_write_text(path, json.dumps(info, indent=1))
+    if build is not None:
+        atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
+        with build_env(build):  # the page and manifest list this build's result files only
+            write_manifest(info)
+            write_reproducibility_page(info)
+    else:
+        write_manifest(info)
+        write_reproducibility_page(info)
+    return path
+
+
+def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
+    from ..pipeline import determinism as DT
+    env = kernel_env(bool((engine_info or {}).get("deterministic", True)))
+    return {"engine": engine_info or {}, "cpu_model": DT.cpu_model(),
+            "cpu_capability_native": DT.cpu_capability(), "libraries": DT.library_versions(),
+            "worker_env": env}
+
+
+def book_recipes(profile: str) -> list:
+    """The recipes whose models the book used: the profile's, and every stored model a
+    result file names by its key."""
+    import re
+
+    from . import records as results
+    from .populations import profile_recipes
+    from ..pipeline.store import ModelEntry, Store
+    recipes = list(profile_recipes(profile))
+    st, seen = Store(), {r.key() for r in recipes}
+    d = results.results_dir()
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        for k in re.findall(r"\b[0-9a-f]{64}\b", f.read_text()):
+            md = st.root / "models" / k[:2] / k
+            if k not in seen and (md / "model.pt").is_file():
+                seen.add(k)
+                recipes.append(ModelEntry(md).recipe)
+    return recipes
+
+
+def write_manifest(info: dict[str, Any]) -> Path:
+    """``book/_generated/manifest.json``: digests of every model, evaluation and result
+    file the book used (see :mod:`rmpm.book.manifest`); ``rmpm verify`` checks against it."""
+    from . import manifest as M
+    from .populations import eval_spec
+    env = {k: info.get(k) for k in ("profile", "git_commit", "built", "cpu_model",
+                                    "cpu_capability_native", "libraries", "engine",
+                                    "worker_env")}
+    m = M.build(book_recipes(info["profile"]), eval_spec(info["profile"]).key(),
+                environment=env)
+    return M.write(m, paths.generated_dir() / "manifest.json")
+
+
+def reproducibility_page(info: dict[str, Any]) -> str:
+    """Markdown for the reproducibility page, from the build info and the result files."""
+
+    from . import records as results
+    from .populations import eval_spec
+    p = get_profile(info["profile"])
+    lines = [
+        "# Reproducibility", "",
+        f"This book was built with profile **`{p.name}`** ({p.description}) on "
+        f"{info['built']}, from git commit `{info['git_commit']}`.", "",
+        "## Commands", "",
+        "```bash",
+        f"make book PROFILE={p.name}      # set up, execute every notebook, build this book",
+        "make test                       # set up, run the tests",
+        f"python -m rmpm book --profile {p.name}   # the same build inside the environment",
+        f"python -m rmpm train --profile {p.name}  # only train the profile's models",
+        "```", "",
+        "## Environment", "",
+        "| component | version |", "|---|---|",
+        f"| Python | {info['python']} |", f"| PyTorch | {info['torch']} |",
+        f"| platform | {info['platform']} |", f"| CPU cores | {info['cpu_count']} |",
+        f"| CUDA available | {info['cuda']} |", "",
+        *compute_section(info),
+        "## Profile", "",
+        "| setting | value |", "|---|---|",
+        f"| data sets | {', '.join(p.datasets)} |",
+        f"| replicates per population | {p.replicates} |",
+        f"| reference population size | {p.reference_seeds} |",
+        f"| SVCCA variance kept | {p.svcca_keep} |",
+        f"| bootstrap resamples | {p.n_boot} |",
+        f"| evaluation spec | `{json.dumps(eval_spec(p).to_dict())}` |",
+        f"| evaluation spec key | `{eval_spec(p).key()}` |",
+        "", "Base recipe of the factor populations, and the reference recipe, per data set:", "",
+    ]
+    for ds in p.datasets:
+        lines += [f"- `{ds}` base: `{json.dumps(p.base[ds].to_dict())}`",
+                  f"- `{ds}` reference: `{json.dumps(p.reference[ds].to_dict())}`"]
+    lines += ["", "Factors and their values (seed-like factors: offsets added to the "
+              "replicate's seed):", "", "| factor | values |", "|---|---|"]
+    lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
+    lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
+    where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
+             if info.get("build") else f"`{results.results_dir()}`")
+    lines += [f"| **total** | **{info['total_s']:.1f}** |", "",
+              "## Result files", "",
+              f"Every number in the Claims page is read from one of these files ({where}; "
+              "runs outside a book build write elsewhere and cannot change them); the build "
+              "that wrote each, and their SHA-256 digests:", "",
+              "| result | written by build | SHA-256 |", "|---|---|---|"]
+    lines += [f"| {k} | `{results.load(k).get('build', '?')}` | `{v}` |"
+              for k, v in results.digests().items()]
+    lines += ["", "Trained models and evaluations live in the content-addressed store "
+              "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
+              "result files list the keys of the models they used.", ""]
+    return "\n".join(lines)
+
+
+def compute_section(info: dict[str, Any]) -> list[str]:
+    """The page's "How the numbers were computed" and "Manifest" sections."""
+    eng = info.get("engine") or {}
+    if not eng:
+        return []
+    det = eng.get("deterministic", True)
+    env = info.get("worker_env", {})
+    lines = [
+        "## How the numbers were computed", "",
+        "| setting | value |", "|---|---|",
+        f"| CPU | {info.get('cpu_model', 'unknown')} (native ISA: "
+        f"{info.get('cpu_capability_native', 'unknown')}) |",
+        f"| mode | {'deterministic: CPU kernels pinned to AVX2, one thread' if det else 'fast: this CPU’s own kernels (numbers match only on the same kind of CPU)'} |",
+        f"| engine | Dask, {eng.get('scheduler')}, {eng.get('workers')} worker process(es) "
+        f"× {eng.get('threads_per_worker', 1)} thread |",
+        f"| worker and kernel environment | `{' '.join(f'{k}={v}' for k, v in env.items())}` |",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in (info.get("libraries") or {}).items()]
+    lines += ["", ("In deterministic mode every model is trained and evaluated in a worker "
+                   "process started with this environment, so the stored weights and arrays "
+                   "are the same bits on any x86-64 CPU with AVX2, whatever its own ISA, "
+                   "core count, worker count or the order of the recipes (tested in "
+                   "`tests/test_engine.py`). On a GPU, deterministic algorithms make reruns on "
+                   "the same GPU model and library versions identical, not runs on different "
+                   "GPU models.") if det else "", "",
+              "## Manifest", "",
+              "`manifest.json`, published next to this book (and in `book/_generated/`), "
+              "holds a content digest of every stored model (its weights), evaluation (its "
+              "arrays) and result file (its values) this build used, with their numbers. "
+              "Check your store or rebuilt book against it:", "",
+              "```bash", "python -m rmpm verify manifest.json", "```", ""]
+    mpath = paths.generated_dir() / "manifest.json"
+    if mpath.is_file():
+        m = json.loads(mpath.read_text())
+        lines += [f"It lists {len(m['models'])} models, {len(m['evals'])} evaluations and "
+                  f"{len(m['results'])} result files.", "",
+                  "| entry | kind | SHA-256 of its content |", "|---|---|---|"]
+        for kind, sec in (("result", "results"), ("model", "models"), ("evaluation", "evals")):
+            lines += [f"| `{k if kind == 'result' else k[:12]}` | {kind} | `{v['digest']}` |"
+                      for k, v in m[sec].items()]
+        lines.append("")
+    return lines
+
+
+def write_reproducibility_page(info: dict[str, Any]) -> Path:
+    path = paths.generated_dir() / "reproducibility.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, reproducibility_page(info))
+    return path
+
+
+def build_html(strict: bool = True) -> Path:
+    """Render the executed notebooks and pages with Jupyter Book 1.x."""
+    root = paths.repo_root()
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(root), "--builder", "html"]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True, cwd=root)
+    return root / "_build" / "html" / "index.html"
+
+
+def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
+          clean: bool = False, workers: int | None = None,
+          deterministic: bool = True) -> Path:
+    """Execute all notebooks under ``profile`` and build the HTML book.
+
+    First makes sure every data set of the profile can be loaded (see
+    :func:`rmpm.pipeline.data.ensure`), so a missing one stops the build before any work.
+    Training runs on the Dask engine (:mod:`rmpm.pipeline.engine`): one cluster of
+    ``workers`` processes for the whole build, which first trains every model
+    the profile needs at once and then serves the notebooks' kernels.
+    """
+    p = get_profile(profile)
+    select_notebooks(only)  # bad names stop here, before any work
+    from ..pipeline.data import clear_cache, ensure
+    ensure(p.datasets)
+    clear_cache()  # the notebooks' kernels load what they need; this process needs none
+    if clean:
+        shutil.rmtree(paths.executed_dir(), ignore_errors=True)
+    t0 = time.perf_counter()
+    b = new_build(profile, inherit=bool(only))
+    timings, engine_info = run_on_engine(profile, only, workers, deterministic, build=b)
+    write_build_info(profile, timings, b, engine_info)
+    index = build_html(strict)
+    mpath = paths.generated_dir() / "manifest.json"
+    if mpath.is_file() and index.parent.is_dir():  # published next to the book
+        shutil.copyfile(mpath, index.parent / "manifest.json")
+    print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
+          f"total {time.perf_counter() - t0:.0f} s")
+    print(f"[rmpm book] the book is at {index}")
+    return index

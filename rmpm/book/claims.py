@@ -1,0 +1,283 @@
+"""Verdicts on the paper's claims, from the typed evidence the chapters saved.
+
+Each chapter computes its claim's evidence with :mod:`rmpm.book.decisions` and saves
+it (``to_dict``) in its result file under the key ``"evidence"``; the Claims
+page reads it back with the strict ``from_dict`` (a missing or renamed field is
+an error, not a silent change of verdict) and applies the rules below. The
+rules are ours (the paper states its claims qualitatively). Each verdict level
+is a test decision whose false-positive rate under the claim's null is at most
+``alpha``; :mod:`rmpm.book.calibration` measures it by simulation through this code.
+
+Levels: ``"supported"``, ``"partly"``, ``"not supported"``; ``"not tested"``
+when the chapter's result is missing; ``"not evidence"`` for the toy profiles,
+whose numbers only show that the pipeline runs.
+
+* **C1** partly: the factor ranking of chance-adjusted hidden-layer RM agrees
+  across (data set, replicate) blocks (permutation p < alpha). Supported: also
+  across data sets (data sets as blocks, p < alpha); so with one data set at
+  most partly.
+* **C2** three predictions (small-sample RM -> OOD accuracy and small-sample PM
+  -> OOD accuracy, each beyond small-sample accuracy; small-sample RM -> OOD PM
+  beyond small-sample PM). Partly: the smallest p < alpha/3 (Holm's first
+  step, so the family-wise rate is at most alpha). Supported: all three p <
+  alpha with the expected sign in every leave-one-data-set-out estimate.
+* **C3** RM vs PM on i.i.d. and OOD inputs. Partly: the smaller p < alpha/2
+  (Bonferroni). Supported: both p < alpha, the expected sign leaving out any
+  data set, and the paper's four data sets in the build (else capped at partly).
+* **C4** the premise of the recommendation: equally good models disagree beyond
+  what their accuracy differences imply, by more than ``threshold`` of inputs.
+  Partly: i.i.d. or OOD p < alpha/2. Supported: both p < alpha.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from .decisions import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
+    ExcessDisagreement, direction_holds
+
+SUPPORTED, PARTLY, NOT_SUPPORTED = "supported", "partly", "not supported"
+NOT_TESTED, NOT_EVIDENCE = "not tested", "not evidence"
+N_PAPER_DATASETS = 4
+
+CLAIMS = {
+    "C1": "C1: some training differences give systematically larger RM",
+    "C2": "C2: RM/PM on a finite sample predict generalisation",
+    "C3": "C3: RM correlates with PM on i.i.d. and OOD data",
+    "C4": "C4: multiplicity should be exposed, not eliminated",
+}
+#: The chapter whose result file holds each claim's evidence.
+CHAPTER = {"C1": "03_rm_by_factor", "C2": "06_finite_samples", "C3": "05_rm_vs_pm",
+           "C4": "07_exposing_multiplicity"}
+EVIDENCE_TYPE = {"C1": C1Evidence, "C2": C2Evidence, "C3": C3Evidence, "C4": C4Evidence}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    verdict: str
+    result: str     # the numbers, with intervals and p-values
+    evidence: str   # why this verdict, in one or two sentences
+
+
+def _num(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _assoc(a: Association | None) -> str:
+    if a is None:
+        return "n/a"
+    return (f"ρ = {_num(a.estimate, '.2f')} [{_num(a.low, '.2f')}, {_num(a.high, '.2f')}], "
+            f"p = {_p(a.p_value)}")
+
+
+def _sig(p: float | None, level: float) -> bool:
+    return p is not None and p < level
+
+
+def verdict_c1(ev: C1Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C1"]
+    if ev is None:
+        return Verdict(claim, NOT_TESTED, "n/a", "Chapter 3 has not been executed.")
+    top, bottom = ev.ranking[0], ev.ranking[-1]
+    result = (f"largest {ev.value}: {top} ({ev.means[top]:.3f}), smallest: {bottom} "
+              f"({ev.means[bottom]:.3f}); Kendall's W = {_num(ev.kendalls_w, '.2f')} over "
+              f"{ev.n_blocks} blocks, permutation p = {_p(ev.p_value)}"
+              + (f"; across {ev.n_datasets} data sets p = {_p(ev.p_datasets)}"
+                 if ev.n_datasets >= 2 else ""))
+    blocks = _sig(ev.p_value, alpha)
+    datasets = ev.n_datasets >= 2 and _sig(ev.p_datasets, alpha)
+    verdict = SUPPORTED if blocks and datasets else PARTLY if blocks else NOT_SUPPORTED
+    evidence = (f"The factor ranking {'agrees' if blocks else 'is not shown to agree'} across "
+                f"blocks at alpha = {alpha}" +
+                (f"; across data sets it {'agrees' if datasets else 'is not shown to agree'}."
+                 if ev.n_datasets >= 2 else
+                 "; with one data set, 'the same on every data set' cannot be tested, so at "
+                 "most partly."))
+    return Verdict(claim, verdict, result, evidence)
+
+
+def verdict_c2(ev: C2Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C2"]
+    if ev is None:
+        return Verdict(claim, NOT_TESTED, "n/a", "Chapter 6 has not been executed.")
+    checks = {"RM → OOD accuracy (beyond accuracy)": ev.rm_acc,
+              "PM → OOD accuracy (beyond accuracy)": ev.pm_acc,
+              "RM → OOD PM (beyond i.i.d. PM)": ev.rm_pm}
+    result = "; ".join(f"{k}: {_assoc(a)}" for k, a in checks.items()) + \
+        f" (small sample of {ev.n_small} inputs; baseline accuracy → OOD accuracy {_assoc(ev.baseline)})"
+    if any(a is None for a in checks.values()):
+        return Verdict(claim, NOT_TESTED, result, "No OOD targets were stored (no corruptions).")
+    ps = [a.p_value for a in checks.values()]
+    any_sig = any(_sig(p, alpha / len(ps)) for p in ps)
+    all_sig = all(_sig(p, alpha) for p in ps) and all(direction_holds(a) for a in checks.values())
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    ok = [k for k, a in checks.items() if _sig(a.p_value, alpha / len(ps))]
+    evidence = (f"{len(ok)} of {len(ps)} predictions hold beyond the small-sample baseline at "
+                f"alpha = {alpha} (Holm-corrected)" + (f": {', '.join(ok)}." if ok else "."))
+    return Verdict(claim, verdict, result, evidence)
+
+
+def verdict_c3(ev: C3Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C3"]
+    if ev is None:
+        return Verdict(claim, NOT_TESTED, "n/a", "Chapter 5 has not been executed.")
+    result = (f"within-data-set Spearman of RM with i.i.d. PM {_assoc(ev.iid)}; with OOD PM "
+              f"{_assoc(ev.ood)}; {ev.iid.n_factors} factors x {ev.n_datasets} data set(s)")
+    tests = [a for a in (ev.iid, ev.ood) if a is not None]
+    ps = [a.p_value for a in tests]
+    any_sig = any(_sig(p, alpha / len(ps)) for p in ps)
+    all_sig = len(tests) == 2 and all(_sig(p, alpha) for p in ps) and \
+        all(direction_holds(a) for a in tests)
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    pos = [n for n, a in (("i.i.d.", ev.iid), ("OOD", ev.ood))
+           if a is not None and _sig(a.p_value, alpha / len(ps))]
+    evidence = f"Positive association beyond chance (Bonferroni) on: {', '.join(pos) or 'neither'}."
+    if verdict == SUPPORTED and ev.n_datasets < N_PAPER_DATASETS:
+        verdict = PARTLY
+        evidence += (f" Only {ev.n_datasets} of the paper's {N_PAPER_DATASETS} data sets were in "
+                     "this build, so the claim as stated is at most partly tested.")
+    return Verdict(claim, verdict, result, evidence)
+
+
+def _excess(e: ExcessDisagreement | None) -> str:
+    if e is None:
+        return "n/a"
+    return (f"{100 * e.estimate:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}] of inputs "
+            f"(churn {100 * e.churn:.1f}% − accuracy gap {100 * e.accuracy_gap:.1f}%), "
+            f"p = {_p(e.p_value)}")
+
+
+def verdict_c4(ev: C4Evidence | None, alpha: float = ALPHA) -> Verdict:
+    claim = CLAIMS["C4"]
+    if ev is None:
+        return Verdict(claim, NOT_TESTED, "n/a", "Chapter 7 has not been executed.")
+    e = ev.iid
+    result = (f"{e.n_models} models (test accuracies within {ev.acc_range:.3f}): excess "
+              f"disagreement on i.i.d. inputs {_excess(e)}; on corrupted inputs {_excess(ev.ood)}")
+    tests = [x for x in (ev.iid, ev.ood) if x is not None]
+    any_sig = any(_sig(x.p_value, alpha / len(tests)) for x in tests)
+    all_sig = len(tests) == 2 and all(_sig(x.p_value, alpha) for x in tests)
+    verdict = SUPPORTED if all_sig else PARTLY if any_sig else NOT_SUPPORTED
+    evidence = ("The premise is tested, not the recommendation: models disagree on more than "
+                f"{100 * e.threshold:g}% of inputs beyond what their accuracy differences imply "
+                + ("on i.i.d. and corrupted inputs." if verdict == SUPPORTED else
+                   "on only one of i.i.d. and corrupted inputs." if verdict == PARTLY else
+                   "on neither i.i.d. nor corrupted inputs, at this population's size."))
+    return Verdict(claim, verdict, result, evidence)
+
+
+RULES = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4}
+
+
+#: every chapter whose result file the Claims page reads (all but chapter 1's check)
+RESULT_CHAPTERS = ("02_populations", "03_rm_by_factor", "04_pm_iid_ood", "05_rm_vs_pm",
+                   "06_finite_samples", "07_exposing_multiplicity")
+
+
+def chapter_results(profile: str) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    """The saved result values of :data:`RESULT_CHAPTERS` for ``profile`` in the
+    current build (None where a chapter has not run), and the missing chapters."""
+    from . import records
+    found = {name: records.values(name, profile) for name in RESULT_CHAPTERS}
+    return found, [n for n, v in found.items() if v is None]
+
+
+def evidence_from_results(results_by_chapter: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """Each claim's typed evidence from the chapters' result ``values`` (None where
+    the chapter did not run). A result without a well-formed ``"evidence"``
+    record raises: a renamed field must fail, not change a verdict."""
+    out = {}
+    for c, chapter in CHAPTER.items():
+        r = results_by_chapter.get(chapter)
+        if r is None:
+            out[c] = None
+            continue
+        if "evidence" not in r:
+            raise KeyError(f"result {chapter!r} has no 'evidence' record; rerun the chapter")
+        out[c] = EVIDENCE_TYPE[c].from_dict(r["evidence"])
+    return out
+
+
+def all_verdicts(results_by_chapter: dict[str, dict[str, Any] | None], alpha: float = ALPHA,
+                 evidence: bool = True) -> list[Verdict]:
+    """Verdicts for C1-C4 from the chapters' result ``values``. With ``evidence=False``
+    (a toy profile) every tested claim is "not evidence": its numbers are shown,
+    no verdict."""
+    ev = evidence_from_results(results_by_chapter)
+    out = []
+    for c, rule in RULES.items():
+        v = rule(ev[c], alpha)
+        if not evidence and v.verdict != NOT_TESTED:
+            v = Verdict(v.claim, NOT_EVIDENCE, v.result,
+                        "Toy profile: these numbers only show that the pipeline runs; no verdict.")
+        out.append(v)
+    return out
+
+
+def tests_table(evidence: dict[str, Any], alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per test behind the verdicts: claim, test, estimate, low, high,
+    null_value (what the estimate is compared with), p_value, partly_below (the
+    p-value a test must beat for "partly": alpha over the number of the claim's
+    tests) and supported_below (alpha)."""
+    rows = []
+
+    def add(claim, test, est, low, high, null, p, k):
+        rows.append({"claim": claim, "test": test, "estimate": est, "low": low, "high": high,
+                     "null_value": null, "p_value": p, "partly_below": alpha / k,
+                     "supported_below": alpha})
+    e1 = evidence.get("C1")
+    if e1 is not None:
+        add("C1", "ranking agrees across blocks (Kendall's W)", e1.kendalls_w, None, None,
+            None, e1.p_value, 1)
+        if e1.n_datasets >= 2:
+            add("C1", "ranking agrees across data sets", None, None, None, None, e1.p_datasets, 1)
+    e2 = evidence.get("C2")
+    if e2 is not None:
+        for name, a in (("RM → OOD accuracy | accuracy", e2.rm_acc),
+                        ("PM → OOD accuracy | accuracy", e2.pm_acc),
+                        ("RM → OOD PM | i.i.d. PM", e2.rm_pm)):
+            if a is not None:
+                add("C2", name, a.estimate, a.low, a.high, 0.0, a.p_value, 3)
+    e3 = evidence.get("C3")
+    if e3 is not None:
+        for name, a in (("RM vs i.i.d. PM", e3.iid), ("RM vs OOD PM", e3.ood)):
+            if a is not None:
+                add("C3", name, a.estimate, a.low, a.high, 0.0, a.p_value, 2)
+    e4 = evidence.get("C4")
+    if e4 is not None:
+        for name, x in (("excess disagreement, i.i.d.", e4.iid),
+                        ("excess disagreement, corrupted", e4.ood)):
+            if x is not None:
+                add("C4", name, x.estimate, x.low, x.high, x.threshold, x.p_value, 2)
+    return pd.DataFrame(rows, columns=["claim", "test", "estimate", "low", "high", "null_value",
+                                       "p_value", "partly_below", "supported_below"])
+
+
+def observed_effects(evidence: dict[str, Any]) -> dict[str, float]:
+    """Each claim's effect size as this build measured it, in the units of
+    :data:`rmpm.book.calibration.ALTERNATIVES` (for the power at the observed effect):
+    C1 the factor-effect SD over the residual SD, C2 the mean of the three partial
+    associations in their expected directions, C3 the i.i.d. association, C4 the
+    i.i.d. excess disagreement. Claims without evidence, or with an effect of the
+    wrong sign, are left out."""
+    out: dict[str, float] = {}
+    e1, e2, e3, e4 = (evidence.get(c) for c in ("C1", "C2", "C3", "C4"))
+    if e1 is not None and e1.effect_size:
+        out["C1"] = float(e1.effect_size)
+    if e2 is not None and None not in (e2.rm_acc, e2.pm_acc, e2.rm_pm):
+        vals = [-e2.rm_acc.estimate, -e2.pm_acc.estimate, e2.rm_pm.estimate] \
+            if None not in (e2.rm_acc.estimate, e2.pm_acc.estimate, e2.rm_pm.estimate) else []
+        if vals and sum(vals) / 3 > 0:
+            out["C2"] = min(0.95, sum(vals) / 3)
+    if e3 is not None and e3.iid.estimate is not None and e3.iid.estimate > 0:
+        out["C3"] = min(0.95, float(e3.iid.estimate))
+    if e4 is not None and e4.iid.estimate > 0:
+        out["C4"] = float(e4.iid.estimate)
+    return out

@@ -1,0 +1,226 @@
+"""A manifest of what a book build used, and checking a store against one.
+
+The manifest lists, for every stored model, evaluation and result file the
+book used, a SHA-256 *content* digest and its numbers:
+
+- a model: its weights (every tensor's name, dtype, shape and bytes, in name
+  order) and its metrics;
+- an evaluation: its arrays (name, dtype, shape, bytes) and its metrics;
+- a result file: its ``values`` (canonical JSON).
+
+Content, not file bytes, because the files also hold what legitimately differs
+between two builds of the same numbers: creation times (in ``meta.json``, in the
+zip headers of ``arrays.npz``, in a result file's ``written``), host names and
+wall-clock timings. Those are left out of digests and comparisons
+(:data:`VOLATILE`).
+
+:func:`verify` compares a store and result folder with a published manifest:
+which entries match bit for bit, which differ and by how much (the largest
+absolute difference of any number in their metrics or values), which are
+missing, and whether any claim's verdict changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.recipe import Recipe
+from ..atomic import atomic_write_text
+from ..pipeline.store import EvalEntry, ModelEntry, Store
+
+MANIFEST_VERSION = 1
+#: keys whose values are timings or provenance, not results
+VOLATILE = frozenset({"train_seconds", "group_train_seconds", "seconds", "written", "device"})
+
+
+def _h_arrays(items: Iterable[tuple[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for name, a in sorted(items, key=lambda t: t[0]):
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def model_digest(entry: ModelEntry) -> str:
+    """SHA-256 of the model's weights (independent of how ``torch.save`` lays out the file)."""
+    return _h_arrays((k, v.detach().cpu().numpy()) for k, v in entry.state_dict().items())
+
+
+def eval_digest(entry: EvalEntry) -> str:
+    """SHA-256 of the evaluation's arrays (independent of the npz file's timestamps)."""
+    return _h_arrays(entry.arrays().items())
+
+
+def _stable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+def values_digest(values: Any) -> str:
+    return hashlib.sha256(json.dumps(_stable(values), sort_keys=True, allow_nan=True)
+                          .encode()).hexdigest()
+
+
+def build(recipes: Iterable[Recipe], spec_key: str, store: Store | str | None = None,
+          results_dir: Path | None = None, environment: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """The manifest of ``recipes`` (their models and evaluations under ``spec_key``)
+    and of every result file in ``results_dir``. Entries the store lacks are skipped."""
+    from . import records as R
+    st = store if isinstance(store, Store) else Store(store)
+    models, evals = {}, {}
+    for r in dict.fromkeys(recipes):
+        if st.has_model(r):
+            e = st.model(r)
+            models[r.key()] = {"digest": model_digest(e), "metrics": _stable(e.metrics)}
+        if st.has_eval(r, spec_key):
+            e = st.eval(r, spec_key)
+            evals[f"{r.key()}-{spec_key}"] = {"digest": eval_digest(e),
+                                              "metrics": _stable(e.metrics)}
+    rdir = Path(results_dir) if results_dir is not None else R.results_dir()
+    res = {}
+    for p in sorted(rdir.glob("*.json")) if rdir.is_dir() else []:
+        doc = json.loads(p.read_text())
+        res[p.stem] = {"profile": doc.get("profile"), "digest": values_digest(doc.get("values")),
+                       "values": _stable(doc.get("values"))}
+    return {"version": MANIFEST_VERSION, "spec_key": spec_key,
+            "environment": environment or {}, "models": models, "evals": evals,
+            "results": res}
+
+
+def write(manifest: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True,
+                                              allow_nan=True))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest {str(path)!r} does not exist")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"manifest {str(path)!r} is not JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"manifest {str(path)!r} is not an rmpm manifest of version "
+                         f"{MANIFEST_VERSION}")
+    return m
+
+
+def max_difference(a: Any, b: Any) -> float:
+    """Largest absolute difference between corresponding numbers of two JSON trees
+    (inf where the structure or a non-number differs)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return 0.0 if a == b else math.inf
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if a == b or (a != a and b != b):
+            return 0.0
+        d = abs(a - b)
+        return d if math.isfinite(d) else math.inf
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return math.inf
+        return max((max_difference(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return math.inf
+        return max((max_difference(x, y) for x, y in zip(a, b)), default=0.0)
+    return 0.0 if a == b else math.inf
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str       # "model", "eval" or "result"
+    key: str
+    status: str     # "identical", "differs" or "missing"
+    max_diff: float = 0.0  # largest difference of any number in metrics / values
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: list[Check]
+    verdicts: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, was, now)
+
+    def count(self, status: str, kind: str | None = None) -> int:
+        return sum(c.status == status and (kind is None or c.kind == kind) for c in self.checks)
+
+    @property
+    def verdicts_changed(self) -> list[tuple[str, str, str]]:
+        return [v for v in self.verdicts if v[1] != v[2]]
+
+    @property
+    def identical(self) -> bool:
+        return all(c.status == "identical" for c in self.checks) and not self.verdicts_changed
+
+    def text(self) -> str:
+        lines = []
+        for kind in ("model", "eval", "result"):
+            n = sum(c.kind == kind for c in self.checks)
+            lines.append(f"{kind + 's':8} {n:5d} checked: {self.count('identical', kind):5d} "
+                         f"identical, {self.count('differs', kind):5d} differ, "
+                         f"{self.count('missing', kind):5d} missing")
+        for c in self.checks:
+            if c.status == "differs":
+                lines.append(f"  differs  {c.kind:6} {c.key[:40]:40} largest difference "
+                             f"{c.max_diff:.3g}")
+            elif c.status == "missing":
+                lines.append(f"  missing  {c.kind:6} {c.key[:40]}")
+        for claim, was, now in self.verdicts:
+            lines.append(f"verdict {claim}: {was}" + ("" if was == now else f" -> {now} (CHANGED)"))
+        lines.append("all identical" if self.identical else "NOT identical")
+        return "\n".join(lines)
+
+
+def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
+    from .claims import all_verdicts
+    from .profiles import PROFILES
+    vals = {k: v.get("values") for k, v in results.items()}
+    names = {v.get("profile") for v in results.values()} - {None}
+    prof = PROFILES.get(next(iter(names))) if len(names) == 1 else None
+    try:
+        return [(v.claim, v.verdict) for v in
+                all_verdicts(vals, evidence=prof.evidence if prof is not None else True)]
+    except Exception as e:  # a result file of another shape: say so rather than guess
+        return [("all", f"could not be computed ({type(e).__name__})")]
+
+
+def verify(published: dict[str, Any], store: Store | str | None = None,
+           results_dir: Path | None = None) -> Report:
+    """Compare the store and result files here with a ``published`` manifest."""
+    st = store if isinstance(store, Store) else Store(store)
+    skey = published["spec_key"]
+    recipes = []
+    for k in published["models"]:
+        d = st.root / "models" / k[:2] / k
+        if (d / "recipe.json").is_file():
+            recipes.append(ModelEntry(d).recipe)
+    here = build(recipes, skey, st, results_dir)
+    checks = []
+    for kind, section in (("model", "models"), ("eval", "evals"), ("result", "results")):
+        for key, pub in published[section].items():
+            mine = here[section].get(key)
+            if mine is None:
+                checks.append(Check(kind, key, "missing", math.nan))
+            elif mine["digest"] == pub["digest"]:
+                checks.append(Check(kind, key, "identical"))
+            else:
+                num = "values" if kind == "result" else "metrics"
+                checks.append(Check(kind, key, "differs", max_difference(pub[num], mine[num])))
+    verdicts = []
+    if published["results"]:
+        was = dict(_verdicts(published["results"]))
+        now = dict(_verdicts(here["results"]))
+        verdicts = [(c, was[c], now.get(c, "missing")) for c in was]
+    return Report(checks, verdicts)

@@ -1,0 +1,364 @@
+"""The experiments' heavy lifting: which models a profile needs, training them
+(once, shared by every notebook), and loading a population's results.
+
+Notebooks call these functions, tabulate and plot; they hold no logic of their own.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._checks import check_choice, check_range
+from ..pipeline.evaluate import EvalSpec, act_key, layers_in, pred_key, shifts_in
+from ..pipeline.recipe import FACTORS, Population, Recipe, dedupe, unique_recipes, vary
+from ..pipeline.runs import RunResult, run_recipes
+from ..pipeline.store import Store
+from .profiles import Profile, get_profile
+
+
+def eval_spec(profile: str | Profile) -> EvalSpec:
+    p = get_profile(profile)
+    return EvalSpec(n_test=p.n_test, n_probe=p.n_probe, corruptions=p.corruptions,
+                    severities=p.severities)
+
+
+def _dataset(p: Profile, dataset: str | None) -> str:
+    if dataset is None:
+        return p.datasets[0]
+    return check_choice("dataset", dataset, p.datasets)
+
+
+def reference_population(profile: str | Profile, dataset: str | None = None,
+                         n_models: int | None = None) -> Population:
+    """Experiment 2's population: the profile's reference recipe with independent
+    seeds, ``n_models`` of them (default: the profile's ``reference_seeds``)."""
+    p = get_profile(profile)
+    ds = _dataset(p, dataset)
+    n = p.reference_seeds if n_models is None else check_range("n_models", n_models, 2, integer=True)
+    return vary(p.reference[ds], "both_seeds", tuple(range(n)))[0]
+
+
+def reference_runs(profile: str | Profile, dataset: str | None = None, n_models: int | None = None,
+                   device: str | None = None, progress: bool = False,
+                   store: Store | str | None = None) -> tuple[list[RunResult], "PopulationData"]:
+    """Experiment 2's population trained (what is missing) and loaded: its runs (with
+    the stored models) and their :class:`PopulationData`. ``device``: default the
+    profile's."""
+    p = get_profile(profile)
+    pop = reference_population(p, dataset, n_models)
+    runs = run_recipes(pop.recipes, eval_spec(p), store, device=device or p.device,
+                       progress=progress)
+    return runs, load_population(runs)
+
+
+def factor_population_data(profile: str | Profile, datasets: Sequence[str] | None = None,
+                           store: Store | str | None = None
+                           ) -> list[tuple[dict[str, Any], "PopulationData"]]:
+    """Every stored factor population of ``datasets`` (default: all of the profile's),
+    as ``({"dataset", "factor", "replicate"}, data)`` pairs in table order. The models
+    must be trained (e.g. by :func:`factor_table`)."""
+    p = get_profile(profile)
+    out = []
+    for ds in datasets or p.datasets:
+        for factor, reps in factor_populations(p, ds).items():
+            for pop in reps:
+                out.append(({"dataset": ds, "factor": factor, "replicate": pop.replicate},
+                            load_population(pop, p, store)))
+    return out
+
+
+def factor_populations(profile: str | Profile, dataset: str | None = None,
+                       factors: Sequence[str] | None = None) -> dict[str, list[Population]]:
+    """factor -> one population per replicate, for one data set of the profile."""
+    p = get_profile(profile)
+    ds = _dataset(p, dataset)
+    names = list(p.factors) if factors is None else list(factors)
+    if not names:
+        raise ValueError(f"factors={factors!r} names no factor; give None (all) or some of: "
+                         f"{', '.join(repr(k) for k in FACTORS if k in p.factors)}")
+    for f in names:
+        check_choice("factor", f, [k for k in FACTORS if k in p.factors])
+    return {f: vary(p.base[ds], f, p.factors[f], p.replicates) for f in names}
+
+
+def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = None,
+                    factors: Sequence[str] | None = None,
+                    reference_only: bool = False) -> list[Recipe]:
+    """Every recipe the profile's experiments need, once each, in a fixed order
+    (per data set: the reference population, then each factor's populations)."""
+    p = get_profile(profile)
+    recipes: list[Recipe] = []
+    for ds in datasets or p.datasets:
+        ds = _dataset(p, ds)
+        recipes += reference_population(p, ds).recipes
+        if not reference_only:
+            for pops in factor_populations(p, ds, factors).values():
+                recipes += unique_recipes(pops)
+    return dedupe(recipes)
+
+
+def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
+                  factors: Sequence[str] | None = None, reference_only: bool = False,
+                  device: str = "auto", store: Store | str | None = None,
+                  progress: bool = True, **engine: Any) -> list[RunResult]:
+    """Train and evaluate every model the profile's experiments need (resumable).
+
+    ``engine``: ``deterministic``, ``workers``, ``scheduler`` as for
+    :func:`rmpm.pipeline.runs.run_recipes`."""
+    recipes = profile_recipes(profile, datasets, factors, reference_only)
+    return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress,
+                       **engine)
+
+
+@dataclass
+class PopulationData:
+    """Everything stored for a set of models evaluated under one spec."""
+
+    recipes: list[Recipe]
+    metrics: pd.DataFrame
+    histories: list[list[dict[str, float]]]
+    labels: np.ndarray
+    arrays: list[dict[str, np.ndarray]] = field(repr=False)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.recipes)
+
+    def probs(self, kind: str = "iid", severity: int | None = None) -> np.ndarray:
+        """Predicted probabilities, shape (models, inputs, classes)."""
+        k = pred_key(kind, severity)
+        if k not in self.arrays[0]:
+            have = sorted(a for a in self.arrays[0] if a.startswith("probs:"))
+            raise KeyError(f"no predictions {k!r}; stored: {', '.join(have)}")
+        return np.stack([a[k] for a in self.arrays])
+
+    def shifts(self) -> list[tuple[str, int]]:
+        """``(kind, severity)`` of every stored shifted prediction, in stored order."""
+        return shifts_in(self.arrays[0])
+
+    def layers(self) -> list[str]:
+        """Probe layer names, in network order."""
+        return layers_in(self.arrays[0])
+
+    def activations(self, layer: str, conv: str = "pool") -> list[np.ndarray]:
+        """One (inputs, neurons) array per model; ``conv`` picks the conv-layer convention."""
+        check_choice("conv", conv, ("pool", "positions"))
+        a0 = self.arrays[0]
+        key = act_key(layer) if act_key(layer) in a0 else act_key(layer, conv)
+        if key not in a0:
+            raise KeyError(f"no activations for layer {layer!r}; layers: {', '.join(self.layers())}")
+        return [a[key] for a in self.arrays]
+
+    def row_inputs(self, layer: str, conv: str = "pool") -> np.ndarray | None:
+        """For ``conv="positions"`` on a conv layer: the probe input of every row of
+        :meth:`activations` (rows are (input, position) pairs); else None (row i
+        is input i)."""
+        key = f"rows:{layer}:{conv}"
+        return self.arrays[0][key] if key in self.arrays[0] else None
+
+
+def load_population(results_or_recipes: Sequence[RunResult] | Sequence[Recipe] | Population,
+                    profile: str | Profile | None = None,
+                    store: Store | str | None = None) -> PopulationData:
+    """Load stored results of a population (RunResults, or recipes + the profile's spec)."""
+    items = results_or_recipes.recipes if isinstance(results_or_recipes, Population) \
+        else results_or_recipes
+    entries = []
+    if items and isinstance(items[0], RunResult):
+        entries = [(r.recipe, r.model, r.eval) for r in items]
+    else:
+        if profile is None:
+            raise ValueError("profile is needed to find the evaluations of bare recipes")
+        st = store if isinstance(store, Store) else Store(store)
+        key = eval_spec(profile).key()
+        entries = [(r, st.model(r), st.eval(r, key)) for r in items]
+    rows, hists, arrays = [], [], []
+    for r, me, ee in entries:
+        rows.append({"key": r.key()[:12], **r.to_dict(), **me.metrics, **ee.metrics})
+        hists.append(me.history)
+        arrays.append(ee.arrays())
+    return PopulationData([e[0] for e in entries], pd.DataFrame(rows), hists,
+                          arrays[0]["labels"], arrays)
+
+
+def describe_recipe_difference(recipes: Sequence[Recipe]) -> dict[str, list[Any]]:
+    """Fields whose values differ across ``recipes`` (what a population varies)."""
+    dicts = [r.to_dict() for r in recipes]
+    return {k: [d[k] for d in dicts] for k in dicts[0] if len({repr(d[k]) for d in dicts}) > 1}
+
+
+# -- per-population RM and PM, the table every results chapter starts from ----
+
+#: The output layer. Its RM measures differences in the predictions themselves,
+#: so verdicts use RM over the hidden layers and logits are reported apart.
+LOGITS = "logits"
+#: Seed of the row permutations that give SVCCA's small-sample floor.
+NULL_SEED = 7
+
+
+def hidden_layers(layers: Sequence[str]) -> list[str]:
+    """``layers`` without the logits layer (all of them if that leaves none)."""
+    h = [layer for layer in layers if layer != LOGITS]
+    return h or list(layers)
+
+
+def permuted_rows(acts: Sequence[np.ndarray], seed: int = NULL_SEED) -> list[np.ndarray]:
+    """Every model's rows permuted independently (seeded): the pairing of inputs
+    across models is broken while each model keeps its own activation spectrum,
+    so SVCCA between them is what *unrelated* representations of the same
+    dimensions score on this many inputs (the small-sample floor)."""
+    rng = np.random.default_rng(seed)
+    return [np.asarray(a)[rng.permutation(len(a))] for a in acts]
+
+
+def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "pool",
+                        cross_checks: bool = True) -> dict[str, Any]:
+    """RM (per layer, over hidden layers, chance-adjusted) and PM (i.i.d. and every
+    shift) of one population.
+
+    RM keys: ``rm:<layer>`` (1 - SVCCA, mean over model pairs) and
+    ``rm_null:<layer>`` (the same on row-permuted activations,
+    :func:`permuted_rows`); ``rm_adj:<layer>`` = ``rm / rm_null``, RM as a
+    fraction of what unrelated representations with the same kept dimensions
+    would score (1 = no more similar than chance; the SVCCA analogue of a
+    chance-corrected agreement). Model level: ``rm`` and ``rm_adj`` are means over
+    the hidden layers (:func:`hidden_layers`), as is ``rm_null`` (the floor),
+    ``rm_logits`` the output layer's
+    RM, ``rm_all_layers`` the mean over every layer; with ``cross_checks`` also
+    ``rm_cka`` and ``rm_pwcca`` (hidden layers).
+    PM keys: ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood``
+    (mean over shifts), ``disagree:iid``, ``disagree:<kind>:<sev>``,
+    ``disagree_ood``; accuracies ``acc_iid``, ``acc_ood`` (means over models),
+    ``gap`` (train - test accuracy), and the spread of test accuracy ``acc_iid_range``.
+    """
+    from ..measures import multiplicity as PM
+    from ..measures import similarity as SIM
+    out: dict[str, Any] = {"n_models": data.n_models}
+    layers = data.layers()
+    hidden = hidden_layers(layers)
+    acts = {layer: data.activations(layer, conv) for layer in layers}
+    sims = SIM.pairwise_layers(acts, "svcca", keep)
+    nulls = SIM.pairwise_layers({k: permuted_rows(v, NULL_SEED + i)
+                                 for i, (k, v) in enumerate(acts.items())}, "svcca", keep)
+    for layer in layers:
+        out[f"rm:{layer}"] = SIM.representational_multiplicity(sims[layer])
+    for layer in layers:
+        out[f"rm_null:{layer}"] = SIM.representational_multiplicity(nulls[layer])
+        out[f"rm_adj:{layer}"] = out[f"rm:{layer}"] / out[f"rm_null:{layer}"]
+    out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in hidden]))
+    out["rm_adj"] = float(np.mean([out[f"rm_adj:{layer}"] for layer in hidden]))
+    out["rm_null"] = float(np.mean([out[f"rm_null:{layer}"] for layer in hidden]))
+    out["rm_all_layers"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
+    if LOGITS in layers:
+        out["rm_logits"] = out[f"rm:{LOGITS}"]
+    if cross_checks:
+        hid = {k: acts[k] for k in hidden}
+        out["rm_cka"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "cka"))
+        out["rm_pwcca"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "pwcca", keep))
+    p_iid = data.probs("iid")
+    out["pm:iid"] = PM.prediction_variance(p_iid)
+    out["disagree:iid"] = PM.mean_disagreement(p_iid)
+    pm_ood, dis_ood = [], []
+    for kind, sev in data.shifts():
+        p = data.probs(kind, sev)
+        out[f"pm:{kind}:{sev}"] = PM.prediction_variance(p)
+        out[f"disagree:{kind}:{sev}"] = PM.mean_disagreement(p)
+        pm_ood.append(out[f"pm:{kind}:{sev}"])
+        dis_ood.append(out[f"disagree:{kind}:{sev}"])
+    if pm_ood:
+        out["pm_ood"] = float(np.mean(pm_ood))
+        out["disagree_ood"] = float(np.mean(dis_ood))
+    m = data.metrics
+    out["acc_iid"] = float(m["test_acc"].mean())
+    out["acc_iid_range"] = float(m["test_acc"].max() - m["test_acc"].min())
+    out["gap"] = float(m["gap"].mean())
+    if "ood_acc" in m:
+        out["acc_ood"] = float(m["ood_acc"].mean())
+    return out
+
+
+def factor_table(profile: str | Profile, dataset: str | None = None,
+                 factors: Sequence[str] | None = None, conv: str = "pool",
+                 store: Store | str | None = None, train: bool = True,
+                 progress: bool = True, device: str | None = None) -> pd.DataFrame:
+    """One row per (data set, factor, replicate) population with its RM and PM.
+
+    Trains whatever is missing first (``train=True``, on ``device``, default the
+    profile's), so a notebook can call this alone; with ``train=False`` a missing
+    model raises ``KeyError``.
+    """
+    p = get_profile(profile)
+    datasets = [dataset] if dataset is not None else list(p.datasets)
+    rows = []
+    for ds in datasets:
+        pops = factor_populations(p, ds, factors)
+        if train:
+            train_profile(p, [ds], list(pops), device=device or p.device, store=store,
+                          progress=progress)
+        for factor, reps in pops.items():
+            for pop in reps:
+                m = cached_population_measures(pop, p, conv, store)
+                # measures keep network order (JSON keeps key order); a concatenated
+                # table's columns do not, so the order travels in its own column
+                layers = ",".join(k.split(":", 1)[1] for k in m if k.startswith("rm:"))
+                field0 = FACTORS[factor].fields[0]
+                rows.append({"dataset": ds, "factor": factor, "replicate": pop.replicate,
+                             "values": ", ".join(map(str, pop.values)),
+                             # what the recipes actually used (relative values resolved)
+                             "settings": ", ".join(f"{getattr(r, field0):g}" if isinstance(
+                                 getattr(r, field0), float) else str(getattr(r, field0))
+                                 for r in pop.recipes),
+                             "layers": layers, **m})
+    return pd.DataFrame(rows)
+
+
+#: bump when population_measures changes what it computes (3: hidden-layer and
+#: chance-adjusted RM; 4: entries record their inputs)
+MEASURES_VERSION = 4
+
+
+def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",
+                               store: Store | str | None = None) -> dict[str, Any]:
+    """:func:`population_measures` of a stored population, memoised in the store.
+
+    The measures are a pure function of the population's stored evaluations, so
+    they are kept under ``derived/`` keyed by the models, the eval spec and the
+    options; every chapter that needs them then computes SVCCA once. The entry
+    records the content digests of the model and evaluation entries it was
+    computed from (``inputs.json``); when those differ from the store's current
+    entries (one was damaged and recomputed, say) the stale measures are moved
+    to quarantine and recomputed. Its files are checked like every store entry.
+    """
+    from ..pipeline.recipe import content_key
+    from ..pipeline.store import (DamagedEntryError, commit_dir, ensure_intact, kind_of, quarantine,
+                        read_verified)
+    p = get_profile(profile)
+    st = store if isinstance(store, Store) else Store(store)
+    spec_key = eval_spec(p).key()
+    key = content_key({"v": MEASURES_VERSION, "models": list(pop.keys),
+                       "spec": spec_key, "conv": conv, "keep": p.svcca_keep})
+    path = st.derived_dir(key)
+    # the inputs must be stored intact (KeyError naming a missing one otherwise)
+    entries = [e for r in pop.recipes for e in (st.model(r), st.eval(r, spec_key))]
+    inputs = {f"{kind_of(e.path)}/{e.path.name}": e.digest for e in entries}
+    if ensure_intact(path, "derived"):
+        try:
+            if json.loads(read_verified(path, "inputs.json")) == inputs:
+                return json.loads(read_verified(path, "measures.json"))
+            quarantine(path, ["inputs.json: its input entries have changed since"],
+                       reason="stale")
+        except DamagedEntryError:
+            pass  # quarantined with a warning; recompute below
+    measures = population_measures(load_population(pop, p, st), p.svcca_keep, conv)
+
+    def write(d):
+        (d / "measures.json").write_text(json.dumps(measures))
+        (d / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+
+    commit_dir(path, write)
+    return measures
