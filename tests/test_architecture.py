@@ -134,3 +134,36 @@ def test_the_notebook_rule_catches_classes_and_nested_loops():
     assert _loop_depth(ast.parse("[f(a, b) for a in x for b in y]")) == 2
     assert _loop_depth(ast.parse("for a in x:\n    f(a)\n")) == 1
     assert _loop_depth(ast.parse("for a in x:\n    for b in a:\n        g = [c for c in b]\n")) == 3
+
+
+def _module_attributes_used(code: str) -> list[tuple[str, str, object]]:
+    """(alias, attribute, module) for every ``alias.attribute`` in ``code`` where the
+    alias is an rmpm module imported by ``from rmpm... import``."""
+    import importlib
+    import re
+    aliases = {}
+    for m in re.finditer(r"from (rmpm[\w.]*) import ([\w ,]+)", code):
+        for item in m.group(2).split(","):
+            name, _, alias = item.strip().partition(" as ")
+            try:
+                aliases[alias or name] = importlib.import_module(f"{m.group(1)}.{name}")
+            except ImportError:
+                pass  # a function or class, not a module
+    return [(a, attr, mod) for a, mod in aliases.items()
+            for attr in sorted(set(re.findall(rf"(?<![\w.]){re.escape(a)}\.(\w+)", code)))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_call_only_what_rmpm_has(path):
+    # catches a moved or renamed function without executing the notebook
+    import json
+    code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                     if c["cell_type"] == "code")
+    missing = [f"{a}.{attr}" for a, attr, mod in _module_attributes_used(code) if not hasattr(mod, attr)]
+    assert missing == [], f"{path.name} uses {missing}, which rmpm does not have"
+
+
+def test_the_attribute_check_sees_a_missing_function():
+    used = _module_attributes_used("from rmpm.book import plots, records as R\nplots.nope(1)\nR.save(2)\n")
+    assert [(a, attr, hasattr(m, attr)) for a, attr, m in used] == [("plots", "nope", False),
+                                                                    ("R", "save", True)]

@@ -510,6 +510,45 @@ def _pm_rows(p: np.ndarray, y, confidence: float, n_boot: int, level: float, see
     return rows
 
 
+def _accuracy_rows(probs: np.ndarray, labels: np.ndarray, mnames: Sequence[str], n_boot: int,
+                   level: float, seed: int) -> list[dict[str, Any]]:
+    """One summary row per model: its accuracy with a bootstrap interval over inputs."""
+    rows = []
+    n = probs.shape[1]
+    for i, correct in enumerate(probs.argmax(axis=2) == labels[None]):
+        ci = stats.bootstrap_ci(np.mean, correct.astype(float), n_boot=n_boot, level=level,
+                                seed=seed) if n > 1 else stats.CI(float(correct.mean()), np.nan, np.nan)
+        rows.append({"group": "accuracy", "measure": f"accuracy[{mnames[i]}]", **stats.ci_dict(ci),
+                     "ci_over": "inputs", "description": f"test accuracy of {mnames[i]}"})
+    return rows
+
+
+def _rm_rows(activations: Mapping[str, Sequence[Any]], m: int, keep, conv: str, n_boot: int,
+             level: float, seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """SVCCA similarity matrices per layer and the summary rows of RM: per layer (with
+    a bootstrap interval over models when there are 3 or more) and their mean."""
+    sims, rows = {}, []
+    for layer, acts in activations.items():
+        if len(acts) != m:
+            raise ValueError(f"activations[{layer!r}] has {len(acts)} models; expected {m}")
+        sims[layer] = SIM.pairwise_similarity(list(acts), "svcca", keep, conv=conv)
+    for layer, s in sims.items():
+        if m >= 3:
+            with warnings.catch_warnings():
+                # with few models some resamples draw one model only (no pair): dropped
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ci = stats.bootstrap_rm(s, n_boot=n_boot, level=level, seed=seed)
+        else:
+            ci = stats.CI(SIM.representational_multiplicity(s), np.nan, np.nan)
+        rows.append({"group": "RM", "measure": f"rm[{layer}]", **stats.ci_dict(ci),
+                     "ci_over": "models" if m >= 3 else "",
+                     "description": f"1 - SVCCA at {layer}, mean over model pairs"})
+    rows.append({"group": "RM", "measure": "rm", "estimate": SIM.representational_multiplicity(sims),
+                 "low": np.nan, "high": np.nan, "ci_over": "",
+                 "description": "mean of the per-layer RM"})
+    return sims, rows
+
+
 def multiplicity_report(models: Sequence[nn.Module] | np.ndarray | torch.Tensor, x=None, y=None,
                         layers: Sequence[str] | None = None,
                         class_names: Sequence[str] | None = None, *,
@@ -564,35 +603,14 @@ def multiplicity_report(models: Sequence[nn.Module] | np.ndarray | torch.Tensor,
 
     rows = _pm_rows(probs, labels, confidence, n_boot, level, seed)
     if labels is not None:
-        for i, correct in enumerate(probs.argmax(axis=2) == labels[None]):
-            ci = stats.bootstrap_ci(np.mean, correct.astype(float), n_boot=n_boot, level=level,
-                                    seed=seed) if n > 1 else stats.CI(float(correct.mean()), np.nan, np.nan)
-            rows.append({"group": "accuracy", "measure": f"accuracy[{mnames[i]}]", **stats.ci_dict(ci),
-                         "ci_over": "inputs", "description": f"test accuracy of {mnames[i]}"})
-
+        rows += _accuracy_rows(probs, labels, mnames, n_boot, level, seed)
     sims: dict[str, np.ndarray] = {}
     if layers is not None:
         xs = x[:min(n_probe, n)]
         activations = capture_activations(given_models, xs, list(layers), conv, device)
     if activations is not None:
-        for layer, acts in activations.items():
-            if len(acts) != m:
-                raise ValueError(f"activations[{layer!r}] has {len(acts)} models; expected {m}")
-            sims[layer] = SIM.pairwise_similarity(list(acts), "svcca", keep, conv=conv)
-        for layer, s in sims.items():
-            if m >= 3:
-                with warnings.catch_warnings():
-                    # with few models some resamples draw one model only (no pair): dropped
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    ci = stats.bootstrap_rm(s, n_boot=n_boot, level=level, seed=seed)
-            else:
-                ci = stats.CI(SIM.representational_multiplicity(s), np.nan, np.nan)
-            rows.append({"group": "RM", "measure": f"rm[{layer}]", **stats.ci_dict(ci),
-                         "ci_over": "models" if m >= 3 else "",
-                         "description": f"1 - SVCCA at {layer}, mean over model pairs"})
-        rows.append({"group": "RM", "measure": "rm", "estimate": SIM.representational_multiplicity(sims),
-                     "low": np.nan, "high": np.nan, "ci_over": "",
-                     "description": "mean of the per-layer RM"})
+        sims, rm_rows = _rm_rows(activations, m, keep, conv, n_boot, level, seed)
+        rows += rm_rows
 
     summary = pd.DataFrame(rows, columns=["group", "measure", "estimate", "low", "high", "ci_over",
                                           "description"])
