@@ -299,9 +299,19 @@ def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
                            " return k && k.textContent.includes('rmpm'); }")
     assert kernel.inner_text().strip() == "Python (rmpm)"
     # as a person would: Run > Run All Cells
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    def run_all():
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    run_all()
     t0 = time.monotonic()
+    started = ("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+    try:  # once (of three runs) the click came before the Lab was ready and nothing ran
+        page.wait_for_function(started, timeout=60_000)
+    except PlaywrightTimeout:
+        run_all()
     n_code = len(nbformat.read(nb_path, as_version=4).cells) - sum(
         c.cell_type != "code" for c in nbformat.read(nb_path, as_version=4).cells)
     # done when every code cell has a number in its prompt ("[*]" while queued/running)
