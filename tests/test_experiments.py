@@ -34,6 +34,21 @@ def test_factor_table(store):
     assert len(list(store.models())) == 2 * (3 + 2) - 2 + 2
 
 
+def test_inside_a_book_build_the_table_is_read_without_training(store, monkeypatch):
+    # after test_factor_table every model is stored; a build that trained the profile
+    # sets RMPM_TRAINED, and then factor_table must not go through train_profile
+    calls = []
+    monkeypatch.setattr(X, "train_profile", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setenv(X.TRAINED_VAR, "tiny")
+    assert X.trained_by_build(TINY)
+    inside = X.factor_table(TINY, store=store, progress=False)
+    assert calls == []
+    monkeypatch.setenv(X.TRAINED_VAR, "smoke")  # another profile's build: check the store
+    assert not X.trained_by_build(TINY)
+    outside = X.factor_table(TINY, store=store, progress=False)
+    assert len(calls) == 1 and inside.equals(outside)
+
+
 def test_cached_measures_equal_fresh(store):
     pop = X.factor_populations(TINY, "digits", ["init_seed"])["init_seed"][0]
     cached = X.cached_population_measures(pop, TINY, store=store)

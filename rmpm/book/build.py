@@ -204,8 +204,7 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
     with that cluster's address in ``$RMPM_SCHEDULER`` (their ``run_recipes``
     calls submit to it). Returns the notebook timings and what ran them."""
     from ..pipeline import engine as E
-    from .chapter import TRAINED_VAR
-    from .populations import train_profile
+    from .populations import TRAINED_VAR, train_profile
     p = get_profile(profile)
     external = E.scheduler_address()
     with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
@@ -272,12 +271,12 @@ def book_recipes(profile: str) -> list:
     result file names by its key."""
     import re
 
-    from . import records as results
+    from . import records
     from .populations import profile_recipes
     from ..pipeline.store import ModelEntry, Store
     recipes = list(profile_recipes(profile))
     st, seen = Store(), {r.key() for r in recipes}
-    d = results.results_dir()
+    d = records.results_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
         for k in re.findall(r"\b[0-9a-f]{64}\b", f.read_text()):
             md = st.root / "models" / k[:2] / k
@@ -303,7 +302,7 @@ def write_manifest(info: dict[str, Any]) -> Path:
 def reproducibility_page(info: dict[str, Any]) -> str:
     """Markdown for the reproducibility page, from the build info and the result files."""
 
-    from . import records as results
+    from . import records
     from .populations import eval_spec
     p = get_profile(info["profile"])
     lines = [
@@ -343,15 +342,15 @@ def reproducibility_page(info: dict[str, Any]) -> str:
     lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
     where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
-             if info.get("build") else f"`{results.results_dir()}`")
+             if info.get("build") else f"`{records.results_dir()}`")
     lines += [f"| **total** | **{info['total_s']:.1f}** |", "",
               "## Result files", "",
               f"Every number in the Claims page is read from one of these files ({where}; "
               "runs outside a book build write elsewhere and cannot change them); the build "
               "that wrote each, and their SHA-256 digests:", "",
               "| result | written by build | SHA-256 |", "|---|---|---|"]
-    lines += [f"| {k} | `{results.load(k).get('build', '?')}` | `{v}` |"
-              for k, v in results.digests().items()]
+    lines += [f"| {k} | `{records.load(k).get('build', '?')}` | `{v}` |"
+              for k, v in records.digests().items()]
     lines += ["", "Trained models and evaluations live in the content-addressed store "
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ def resolve_options(profile, datasets=None, factors=None, conv: str = "pool",
     Returns ``{"datasets", "factors", "conv", "n_boot"}`` with defaults filled in."""
     p = get_profile(profile)
     ds = resolve_names("datasets", datasets, p.datasets)
-    fs = resolve_names("factors", factors, [f for f in FACTORS if f in p.factors])
+    fs = resolve_names("factors", factors, _factors(p))
     if len(fs) < min_factors:
         raise ValueError(f"factors={factors!r}: this chapter needs at least {min_factors} "
                          f"factors; got {len(fs)}")
@@ -80,16 +79,6 @@ def resolve_options(profile, datasets=None, factors=None, conv: str = "pool",
     check_range("n_boot", nb, 1, integer=True)
     return {"datasets": ds, "factors": fs, "conv": conv, "n_boot": nb}
 
-
-
-#: set by the book build for the notebooks' kernels once it has trained the
-#: profile's models, so chapters load them without checking every recipe again
-TRAINED_VAR = "RMPM_TRAINED"
-
-
-def trained_by_build(profile: str | Profile) -> bool:
-    """True inside a book build that has already trained ``profile``'s models."""
-    return os.environ.get(TRAINED_VAR) == get_profile(profile).name
 
 
 @dataclass(frozen=True)
@@ -128,9 +117,8 @@ def factor_chapter(profile: str | Profile, datasets=None, factors=None, conv: st
     opts = resolve_options(p, datasets, factors, conv, n_boot, min_factors)
     if show:
         show_banner(p)
-    train = not trained_by_build(p)
     table = pd.concat([X.factor_table(p, dataset=ds, factors=opts["factors"], conv=conv,
-                                      progress=False, train=train)
+                                      progress=False)
                        for ds in opts["datasets"]], ignore_index=True)
     n_models = sum(distinct_models(X.factor_populations(p, ds, opts["factors"]))
                    for ds in opts["datasets"])
@@ -202,7 +190,7 @@ def _device(name, v, p):
 
 
 def _factors(p):
-    from ..pipeline.recipe import FACTORS
+    """The profile's factors, in the protocol's order."""
     return [f for f in FACTORS if f in p.factors]
 
 
@@ -246,7 +234,6 @@ _DECLARED: dict[str, dict] = {}
 def declared_parameters(notebook: "str | Path") -> dict:
     """``name -> default`` of the notebook's ``parameters`` cell (read from the file):
     a book chapter by name, or any notebook by its path."""
-    from pathlib import Path
     key = str(notebook)
     if key not in _DECLARED:
         import nbformat
@@ -261,7 +248,6 @@ def declared_parameters(notebook: "str | Path") -> dict:
 
 
 def _assignments(source: str, literal: bool = False) -> dict:
-    import ast
     out = {}
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign):
@@ -299,10 +285,7 @@ def check_values(notebook: "str | Path", values: dict) -> None:
     """Check the values of a notebook's declared parameters (``values``: name ->
     value) against :data:`RULES` (or the type of the default) and the profile.
     ``notebook``: a book chapter's name, or a notebook's path."""
-    from pathlib import Path
-
-    from .._checks import check_choice
-    from .profiles import PROFILES, get_profile
+    from .profiles import PROFILES
     declared = declared_parameters(notebook)
     notebook = notebook.stem if isinstance(notebook, Path) else notebook
     check_choice("profile", values.get("profile"), PROFILES)

@@ -6,6 +6,7 @@ Notebooks call these functions, tabulate and plot; they hold no logic of their o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,16 @@ def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = Non
             for pops in factor_populations(p, ds, factors).values():
                 recipes += unique_recipes(pops)
     return dedupe(recipes)
+
+
+#: set by the book build for the notebooks' kernels once it has trained the
+#: profile's models, so chapters load them without checking every recipe again
+TRAINED_VAR = "RMPM_TRAINED"
+
+
+def trained_by_build(profile: str | Profile) -> bool:
+    """True inside a book build that has already trained ``profile``'s models."""
+    return os.environ.get(TRAINED_VAR) == get_profile(profile).name
 
 
 def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
@@ -284,15 +295,18 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
 
 def factor_table(profile: str | Profile, dataset: str | None = None,
                  factors: Sequence[str] | None = None, conv: str = "pool",
-                 store: Store | str | None = None, train: bool = True,
+                 store: Store | str | None = None, train: bool | None = None,
                  progress: bool = True, device: str | None = None) -> pd.DataFrame:
     """One row per (data set, factor, replicate) population with its RM and PM.
 
     Trains whatever is missing first (``train=True``, on ``device``, default the
     profile's), so a notebook can call this alone; with ``train=False`` a missing
-    model raises ``KeyError``.
+    model raises ``KeyError``. ``train=None``: train unless a book build already
+    trained the profile (:func:`trained_by_build`).
     """
     p = get_profile(profile)
+    if train is None:
+        train = not trained_by_build(p)
     datasets = [dataset] if dataset is not None else list(p.datasets)
     rows = []
     for ds in datasets:

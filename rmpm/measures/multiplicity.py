@@ -182,10 +182,10 @@ def discrepancy(probs, reference: int = 0, epsilon: float | None = None, labels=
     return float((yhat[idx] != ref[None]).mean(axis=1).max())
 
 
-def vote_counts(probs) -> np.ndarray:
-    """``(N, K)``: how many models predict class k on input n."""
-    yhat = predictions(probs)
-    n, k = yhat.shape[1], as_probs(probs).shape[2]
+def vote_counts(yhat: np.ndarray, k: int) -> np.ndarray:
+    """``(N, K)``: how many models predict class k on input n, from the predicted
+    classes ``yhat`` (M, N) (e.g. :func:`predictions`) of ``k`` classes."""
+    n = yhat.shape[1]
     votes = np.zeros((n, k))
     np.add.at(votes, (np.broadcast_to(np.arange(n), yhat.shape), yhat), 1.0)
     return votes
@@ -199,7 +199,7 @@ def vote_entropy(probs, per_input: bool = False, normalize: bool = False):
     """
     p = as_probs(probs)
     m, k = p.shape[0], p.shape[2]
-    v = vote_counts(p) / m
+    v = vote_counts(p.argmax(axis=2), k) / m
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(v > 0, v * np.log(v), 0.0).sum(axis=1)
     if normalize:

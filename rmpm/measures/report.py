@@ -84,7 +84,7 @@ def confabulations(probs, confidence: float = DEFAULT_CONFIDENCE, labels=None) -
         raise ValueError("confabulations need at least 2 models (a peer to disagree with)")
     yhat = p.argmax(axis=2)
     conf = p.max(axis=2)
-    votes = PM.vote_counts(p)
+    votes = PM.vote_counts(yhat, k)
     same_others = votes[np.arange(n)[None, :], yhat] - 1.0  # (M, N), excluding the model itself
     share = same_others / (m - 1)
     mask = (conf >= confidence) & (share < 0.5)
@@ -110,7 +110,7 @@ def per_input_table(probs, labels=None) -> pd.DataFrame:
     distinct predicted classes, majority class and its vote share (and label)."""
     p = PM.as_probs(probs)
     m, n, k = p.shape
-    votes = PM.vote_counts(p)
+    votes = PM.vote_counts(p.argmax(axis=2), k)
     out = pd.DataFrame({
         "input": np.arange(n),
         "prediction_variance": PM.prediction_variance(p, per_input=True),
