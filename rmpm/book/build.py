@@ -250,8 +250,10 @@ def write_build_info(profile: str, timings: dict[str, float], build: Build | Non
     if build is not None:
         atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
         with build_env(build):  # the page and manifest list this build's result files only
-            write_manifest(info)
+            mpath = write_manifest(info)
             write_reproducibility_page(info)
+        # kept with the build too: `rmpm store export` packs the entries it lists
+        atomic_write_text(build.dir / "manifest.json", mpath.read_text())
     else:
         write_manifest(info)
         write_reproducibility_page(info)
@@ -291,7 +293,7 @@ def write_manifest(info: dict[str, Any]) -> Path:
     file the book used (see :mod:`rmpm.book.manifest`); ``rmpm verify`` checks against it."""
     from . import manifest as M
     from .populations import eval_spec
-    env = {k: info.get(k) for k in ("profile", "git_commit", "built", "cpu_model",
+    env = {k: info.get(k) for k in ("profile", "build", "git_commit", "built", "cpu_model",
                                     "cpu_capability_native", "libraries", "engine",
                                     "worker_env")}
     m = M.build(book_recipes(info["profile"]), eval_spec(info["profile"]).key(),
