@@ -162,6 +162,48 @@ def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
     atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook of a book build raised; the message names the partially executed
+    notebook and the build's status file."""
+
+
+#: the execution record of a build, in its folder (see :func:`run_notebooks`)
+STATUS = "status.json"
+
+
+def papermill_status(path: Path) -> str | None:
+    """What papermill recorded in executed notebook ``path``: ``completed``, ``failed``
+    (naming the cell as papermill does, by its execution count), or None if it holds no
+    papermill record."""
+    try:
+        nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    pm_meta = nb.get("metadata", {}).get("papermill")
+    if not pm_meta:
+        return None
+    if not pm_meta.get("exception"):
+        return "completed"
+    failed = [c.get("execution_count") for c in nb.get("cells", [])
+              if c.get("metadata", {}).get("papermill", {}).get("status") == "failed"]
+    return f"failed at In [{failed[0]}]" if failed else "failed"
+
+
+def _write_status(build: Build, status: dict[str, Any]) -> Path:
+    path = build.dir / STATUS
+    atomic_write_text(path, json.dumps(status, indent=1))
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+    if isinstance(e, PapermillExecutionError):
+        value = (e.evalue or "").strip().splitlines()
+        return f"In [{e.exec_count}] raised {e.ename}: {value[0] if value else ''}".strip()
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def run_notebooks(profile: str, only: Sequence[str] | None = None,
                   out_dir: Path | None = None, build: Build | None = None,
                   builds_dir: Path | None = None) -> dict[str, float]:
@@ -169,21 +211,82 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
 
     Results go to ``build``'s folder (default: a new build under ``builds_dir``,
     see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
+
+    The build's ``status.json`` records, per notebook, whether it ran in this build or
+    was reused (an ``--only`` build inherits the other chapters' results and their
+    record from the previous build), its run time and papermill's status; it is
+    rewritten after every notebook, so a killed build leaves it too. A failing
+    notebook stops the build with :class:`NotebookFailed` naming the partially
+    executed notebook papermill wrote (a copy is kept in the build folder, since the
+    next build overwrites ``book/_executed``) and the status file.
     """
     get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
     nbs = select_notebooks(only)
+    prev = latest_build(profile, builds_dir) if only else None  # what new_build inherits
     build = build or new_build(profile, builds_dir, inherit=bool(only))
+    status = {"profile": profile, "build": build.id, "state": "running",
+              "notebooks": _status_entries(nbs, prev, out_dir)}
+    _write_status(build, status)
     timings = {}
     with build_env(build):
         for nb in nbs:
             print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
                   flush=True)
-            timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
-            show_parameters(nb, out_dir / nb.name, {"profile": profile})
+            out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
+            before = out.stat().st_mtime_ns if out.exists() else None
+            t0 = time.perf_counter()
+            try:
+                timings[nb.stem] = execute(nb, out, {"profile": profile})
+            except BaseException as e:
+                fresh = out.exists() and out.stat().st_mtime_ns != before
+                kept = None
+                if fresh:  # papermill wrote what ran so far; the next build overwrites it
+                    kept = build.dir / "failed" / nb.name
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out, kept)
+                entry.update(state="failed", build=build.id,
+                             seconds=round(time.perf_counter() - t0, 1),
+                             papermill=papermill_status(out) if fresh else None,
+                             error=_one_line(e), partial=str(kept) if kept else None)
+                status["state"] = "failed"
+                spath = _write_status(build, status)
+                if not isinstance(e, Exception):
+                    raise
+                where = (f"the partially executed notebook is {out} (kept as {kept})" if kept
+                         else "it failed before papermill wrote a notebook")
+                raise NotebookFailed(f"{nb.name} failed in build {build.id}: {entry['error']}; "
+                                     f"{where}; status: {spath}") from None
+            show_parameters(nb, out, {"profile": profile})
+            entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
+                         papermill=papermill_status(out))
+            _write_status(build, status)
             print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    status["state"] = "finished"
+    _write_status(build, status)
     atomic_write_text(build.dir.parent / "latest", build.id + "\n")
     return timings
+
+
+def _status_entries(selected: list[Path], prev: Build | None,
+                    out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The initial record: the selected notebooks pending, the others reused from
+    ``prev`` (with the record of the build that really ran them)."""
+    names = {p.stem for p in selected}
+    old = {}
+    if prev is not None and (prev.dir / STATUS).is_file():
+        old = json.loads((prev.dir / STATUS).read_text()).get("notebooks", {})
+    out = {}
+    for nb in notebook_paths():
+        if nb.stem in names:
+            out[nb.stem] = {"state": "pending", "build": None, "seconds": None,
+                            "papermill": None, "notebook": str(out_dir / nb.name)}
+        elif prev is not None:
+            was = old.get(nb.stem, {})
+            out[nb.stem] = {"state": "reused", "build": was.get("build") or prev.id,
+                            "seconds": was.get("seconds"), "papermill": was.get("papermill"),
+                            "notebook": str(out_dir / nb.name)}
+    return out
 
 
 def kernel_env(deterministic: bool = True) -> dict[str, str]:
@@ -244,6 +347,7 @@ def write_build_info(profile: str, timings: dict[str, float], build: Build | Non
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "build": build.id if build else None,
             "results_dir": str(build.results_dir) if build else None,
+            "execution": _read_status(build),
             **_engine_info(engine_info)}
     path = gen / "build_info.json"
     atomic_write_text(path, json.dumps(info, indent=1))
@@ -258,6 +362,13 @@ def write_build_info(profile: str, timings: dict[str, float], build: Build | Non
         write_manifest(info)
         write_reproducibility_page(info)
     return path
+
+
+def _read_status(build: Build | None) -> dict[str, Any] | None:
+    try:
+        return json.loads((build.dir / STATUS).read_text()) if build is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
@@ -341,6 +452,7 @@ def reproducibility_page(info: dict[str, Any]) -> str:
     lines += ["", "Factors and their values (seed-like factors: offsets added to the "
               "replicate's seed):", "", "| factor | values |", "|---|---|"]
     lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
+    lines += execution_section(info)
     lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
     where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
@@ -357,6 +469,28 @@ def reproducibility_page(info: dict[str, Any]) -> str:
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]
     return "\n".join(lines)
+
+
+def execution_section(info: dict[str, Any]) -> list[str]:
+    """The page's "Execution status": per notebook, whether it ran in this build or was
+    reused from an earlier one (an ``--only`` build), its run time and papermill's status."""
+    status = info.get("execution")
+    if not status:
+        return []
+    here = status.get("build")
+    lines = ["", "## Execution status", "",
+             f"Every chapter is a notebook executed by papermill. Build `{here}` "
+             + ("executed all of them." if all(e["state"] == "ran" for e in
+                                               status["notebooks"].values())
+                else "executed those marked *ran*; the others are *reused*: their results "
+                     "and pages come from the earlier build named (an `--only` build)."), "",
+             "| notebook | in this build | executed by build | run time (s) | papermill status |",
+             "|---|---|---|---|---|"]
+    for name, e in status["notebooks"].items():
+        secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
+        lines.append(f"| [{name}](../_executed/{name}.ipynb) | {e['state']} | "
+                     f"`{e.get('build') or '?'}` | {secs} | {e.get('papermill') or 'unknown'} |")
+    return lines
 
 
 def compute_section(info: dict[str, Any]) -> list[str]:
