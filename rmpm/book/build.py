@@ -225,6 +225,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     nbs = select_notebooks(only)
     prev = latest_build(profile, builds_dir) if only else None  # what new_build inherits
     build = build or new_build(profile, builds_dir, inherit=bool(only))
+    commit = git_commit()
     status = {"profile": profile, "build": build.id, "state": "running",
               "notebooks": _status_entries(nbs, prev, out_dir)}
     _write_status(build, status)
@@ -258,6 +259,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
                 raise NotebookFailed(f"{nb.name} failed in build {build.id}: {entry['error']}; "
                                      f"{where}; status: {spath}") from None
             show_parameters(nb, out, {"profile": profile})
+            annotate_figures(out, nb.stem, build, commit)
             entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
                          papermill=papermill_status(out))
             _write_status(build, status)
@@ -266,6 +268,30 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     _write_status(build, status)
     atomic_write_text(build.dir.parent / "latest", build.id + "\n")
     return timings
+
+
+def git_commit() -> str:
+    """The checkout's commit, marked when tracked files have uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
+
+
+def annotate_figures(out: Path, name: str, build: Build, commit: str) -> None:
+    """Under every numbered figure of executed notebook ``out``, its provenance line
+    (:mod:`rmpm.book.provenance`): this notebook, the rmpm functions the cell calls,
+    the chapter's result file and digest, the build and the commit."""
+    import nbformat
+
+    from . import records
+    from .provenance import add_figure_provenance
+    digest = records.digests().get(name)
+    nb = add_figure_provenance(nbformat.read(out, as_version=4), name,
+                               name if digest else None, digest, build.id, commit)
+    atomic_write_text(out, nbformat.writes(nb))
 
 
 def _status_entries(selected: list[Path], prev: Build | None,
@@ -335,11 +361,7 @@ def write_build_info(profile: str, timings: dict[str, float], build: Build | Non
     build = build or latest_build(profile)
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=paths.repo_root()).stdout.strip()
-    commit = git("rev-parse", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
+    commit = git_commit()
     info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
