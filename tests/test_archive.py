@@ -281,3 +281,24 @@ def test_cli(source, archive, tmp_path, monkeypatch, capsys):
         assert e.value.code == 2
     assert main(["store", "export", "--profile", PROFILE, str(tmp_path / "x.zip")]) == 2
     assert "must end in one of" in capsys.readouterr().err
+
+
+def test_an_archive_changed_between_the_two_passes_is_caught(archive, tmp_path, monkeypatch):
+    """The second pass checks every byte it writes against the index again."""
+    real, passes = A._members, []
+
+    def members(file):
+        passes.append(file)
+        for name, data in real(file):
+            if len(passes) == 2 and name.endswith("/model.pt"):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            yield name, data
+    monkeypatch.setattr(A, "_members", members)
+    store, builds = _empty(tmp_path)
+    with pytest.raises(A.ArchiveError, match="changed while it was imported"):
+        A.import_archive(archive, store, builds_dir=builds)
+    assert _tree(builds) == {}
+    # what was committed before the change is whole and intact
+    from rmpm.pipeline.store import check_entry
+    assert all(not check_entry(d)[0] for d in store.entry_dirs())
+    assert not [d for d in store.root.rglob(".tmp-*")]

@@ -526,8 +526,8 @@ def import_archive(file: str | os.PathLike, store: Store | str | None = None,
     for name, data in _members(file):
         if name == INDEX:
             continue
-        size, sha = idx["files"][name]["size"], idx["files"][name]["sha256"]
-        if len(data) != size or _sha(data) != sha:
+        rec = idx["files"].get(name, {})
+        if len(data) != rec.get("size") or _sha(data) != rec.get("sha256"):
             raise ArchiveError(f"{file} changed while it was imported ({name}); entries "
                                "committed so far are intact, rerun the import")
         if name.startswith("build/"):
