@@ -1,11 +1,14 @@
-"""Architectures: the channels-last max pooling gives the same bits as NCHW pooling."""
+"""Architectures: channels-last computation (pooling bit-identical to NCHW pooling;
+numbers independent of the caller's input layout)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rmpm.pipeline.models import MaxPool2d, build_model
+from rmpm.pipeline.models import build_model
+
+CL = torch.channels_last
 
 
 def _inputs(shape, seed):
@@ -24,37 +27,59 @@ def _inputs(shape, seed):
     ((4, 6, 12, 12), dict(kernel_size=3, stride=2, padding=1)),  # overlapping windows
     ((3, 4, 10, 10), dict(kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2))),
 ])
-def test_channels_last_pooling_equals_nchw_forward_and_backward(shape, kw):
+def test_channels_last_pooling_equals_nchw_pooling_forward_and_backward(shape, kw):
+    """Max pooling selects; both layouts' kernels pick the same element of every
+    window (ties included), so the vectorised channels-last pooling the CNN uses
+    gives the NCHW kernel's outputs and gradients bit for bit."""
     x = _inputs(shape, 0)
     g = torch.randn(F.max_pool2d(x, **kw).shape, generator=torch.Generator().manual_seed(1))
     a = x.clone().requires_grad_()
     ya = F.max_pool2d(a, **kw)
     ya.backward(g)
-    b = x.clone().requires_grad_()
-    yb = MaxPool2d(**kw)(b)
-    yb.backward(g)
-    assert yb.is_contiguous() and b.grad.is_contiguous()  # NCHW out, NCHW gradient
+    b = x.clone().contiguous(memory_format=CL).requires_grad_()
+    yb = F.max_pool2d(b, **kw)
+    yb.backward(g.contiguous(memory_format=CL))
+    assert yb.is_contiguous(memory_format=CL)  # really the channels-last kernel
     assert torch.equal(ya, yb)
     assert torch.equal(a.grad, b.grad)
 
 
 def test_all_zero_windows_send_the_gradient_to_the_same_element():
-    x = torch.zeros(2, 3, 6, 6, requires_grad=True)
-    F.max_pool2d(x, 2).sum().backward()
-    want = x.grad.clone()
-    x.grad = None
-    MaxPool2d(2)(x).sum().backward()
-    assert torch.equal(want, x.grad)
-    assert want.sum() == 2 * 3 * 9  # one element of each window gets it
-
-
-def test_a_training_step_of_the_cnn_is_bit_identical_with_either_pooling():
-    x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    y = torch.arange(32) % 10
     grads = []
-    for pool in (torch.nn.MaxPool2d, MaxPool2d):
-        m = build_model("cnn", (1, 28, 28), 10, width=4, seed=0)
-        m.pool1, m.pool2 = pool(2), pool(2)
-        F.cross_entropy(m(x), y).backward()
-        grads.append([p.grad for p in m.parameters()])
+    for fmt in (torch.contiguous_format, CL):
+        x = torch.zeros(2, 3, 6, 6).contiguous(memory_format=fmt).requires_grad_()
+        F.max_pool2d(x, 2).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(*grads)
+    assert grads[0].sum() == 2 * 3 * 9  # one element of each window gets it
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn", (1, 28, 28)), ("resnet", (3, 16, 16))])
+def test_conv_nets_compute_channels_last_whatever_the_input_layout(arch, shape):
+    m = build_model(arch, shape, 10, width=4, seed=0)
+    convs = [p for p in m.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=CL) for p in convs)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 10
+    outs, grads = [], []
+    for inp in (x, x.contiguous(memory_format=CL)):
+        m.zero_grad()
+        out = m(inp)
+        F.cross_entropy(out, y).backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in m.parameters()])
+    assert torch.equal(*outs)
     assert all(torch.equal(u, v) for u, v in zip(*grads))
+
+
+def test_initial_weights_do_not_depend_on_the_layout():
+    """The layout is applied after initialisation: a model's starting point is the
+    one its seed always drew."""
+    torch.manual_seed(0)
+    ref = build_model("cnn", (1, 28, 28), 10, width=4, seed=3).state_dict()
+    again = build_model("cnn", (1, 28, 28), 10, width=4, seed=3).state_dict()
+    assert all(torch.equal(ref[k], again[k]) for k in ref)
+    # the first draw is the first conv's weight, as for an NCHW network
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+    assert torch.equal(conv.weight, ref["conv1.0.weight"])
