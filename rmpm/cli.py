@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("manifest", help="a manifest.json published with a book build")
     p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
     p.add_argument("--results", default=None,
-                   help="result folder (default: the book's, book/_generated/results)")
+                   help="result folder (default: the manifest's own build if it is here, "
+                        "else the latest build of its profile)")
 
     p = sub.add_parser("env", help="print `export` lines for deterministic workers' job scripts")
     p.add_argument("--fast", action="store_true", help="the fast mode's environment instead")
@@ -171,11 +172,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         _names_given("--factor", args.factor, [f for f in FACTORS if f in p.factors])
         if not args.dry_run:
             resolve_device(args.device, name="--device")  # before any data is loaded
-        recipes = profile_recipes(args.profile, datasets=args.dataset, factors=args.factor,
+        recipes = profile_recipes(p, datasets=args.dataset, factors=args.factor,
                                   reference_only=args.reference)
         if args.shard is not None:
             recipes = shard(recipes, *_parse_shard(args.shard))
-        spec = eval_spec(args.profile)
+        spec = eval_spec(p)
         if args.dry_run:
             print(plan_table(recipes, spec, args.store))
             return 0

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import paths
 from .._checks import check_choice
-from .profiles import get_profile
+from .profiles import Profile, get_profile
 from ..atomic import atomic_write_text
 
 KERNEL_NAME = "rmpm"
@@ -124,15 +124,15 @@ def latest_build(profile: str, root: Path | None = None) -> Build | None:
     return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
 
 
-def new_build(profile: str, root: Path | None = None, inherit: bool = False) -> Build:
+def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = False) -> Build:
     """A fresh build folder; with ``inherit`` it starts with a copy of the latest
     build's results (for ``--only``: the other chapters' results stay available)."""
-    get_profile(profile)
-    d = (root or builds_root()) / profile
+    name = get_profile(profile).name
+    d = (root or builds_root()) / name
     bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    b = Build(profile, bid, d / bid)
+    b = Build(name, bid, d / bid)
     b.results_dir.mkdir(parents=True)
-    prev = latest_build(profile, root) if inherit else None
+    prev = latest_build(name, root) if inherit else None
     if prev is not None and prev.results_dir.is_dir():
         for f in prev.results_dir.glob("*.json"):
             shutil.copy2(f, b.results_dir / f.name)
@@ -204,13 +204,15 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def run_notebooks(profile: str, only: Sequence[str] | None = None,
+def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
                   out_dir: Path | None = None, build: Build | None = None,
                   builds_dir: Path | None = None) -> dict[str, float]:
     """Execute the book's notebooks under ``profile``; returns seconds per notebook.
 
     Results go to ``build``'s folder (default: a new build under ``builds_dir``,
     see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
+    The notebooks get the profile's name (a papermill parameter) and resolve it
+    themselves, in their kernels.
 
     The build's ``status.json`` records, per notebook, whether it ran in this build or
     was reused (an ``--only`` build inherits the other chapters' results and their
@@ -220,25 +222,26 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
     executed notebook papermill wrote (a copy is kept in the build folder, since the
     next build overwrites ``book/_executed``) and the status file.
     """
-    get_profile(profile)
+    p = get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
     nbs = select_notebooks(only)
-    prev = latest_build(profile, builds_dir) if only else None  # what new_build inherits
-    build = build or new_build(profile, builds_dir, inherit=bool(only))
+    prev = latest_build(p.name, builds_dir) if only else None  # what new_build inherits
+    build = build or new_build(p, builds_dir, inherit=bool(only))
     commit = git_commit()
-    status = {"profile": profile, "build": build.id, "state": "running",
+    status = {"profile": p.name, "build": build.id, "state": "running",
               "notebooks": _status_entries(nbs, prev, out_dir)}
     _write_status(build, status)
     timings = {}
+    params = {"profile": p.name}
     with build_env(build):
         for nb in nbs:
-            print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
+            print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
                   flush=True)
             out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
             before = out.stat().st_mtime_ns if out.exists() else None
             t0 = time.perf_counter()
             try:
-                timings[nb.stem] = execute(nb, out, {"profile": profile})
+                timings[nb.stem] = execute(nb, out, params)
             except BaseException as e:
                 fresh = out.exists() and out.stat().st_mtime_ns != before
                 kept = None
@@ -258,7 +261,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None,
                          else "it failed before papermill wrote a notebook")
                 raise NotebookFailed(f"{nb.name} failed in build {build.id}: {entry['error']}; "
                                      f"{where}; status: {spath}") from None
-            show_parameters(nb, out, {"profile": profile})
+            show_parameters(nb, out, params)
             annotate_figures(out, nb.stem, build, commit)
             entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
                          papermill=papermill_status(out))
@@ -326,7 +329,7 @@ def kernel_env(deterministic: bool = True) -> dict[str, str]:
     return env
 
 
-def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int | None = None,
+def run_on_engine(p: Profile, only: Sequence[str] | None = None, workers: int | None = None,
                   deterministic: bool = True,
                   build: Build | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the profile's models on one Dask cluster, then execute the notebooks
@@ -334,7 +337,6 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
     calls submit to it). Returns the notebook timings and what ran them."""
     from ..pipeline import engine as E
     from .populations import TRAINED_VAR, train_profile
-    p = get_profile(profile)
     external = E.scheduler_address()
     with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
         t0 = time.perf_counter()
@@ -345,24 +347,26 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
         # every model is stored now: the chapters load them without re-checking
         with E.environ({TRAINED_VAR: p.name}):
             timings = {"training (all notebooks' models)": train_s,
-                       **run_notebooks(profile, only, build=build)}
+                       **run_notebooks(p, only, build=build)}
     info = {"workers": n, "threads_per_worker": 1, "deterministic": deterministic,
             "scheduler": external or "embedded LocalCluster"}
     return timings, info
 
 
-def write_build_info(profile: str, timings: dict[str, float], build: Build | None = None,
+def write_build_info(profile: str | Profile, timings: dict[str, float],
+                     build: Build | None = None,
                      engine_info: dict[str, Any] | None = None) -> Path:
     """Record what built the book; the reproducibility page and the manifest read it
     (and the build's result files: ``build``, default the profile's latest)."""
     import platform
 
     import torch
-    build = build or latest_build(profile)
+    p = get_profile(profile)
+    build = build or latest_build(p.name)
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
-    info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
+    info = {"profile": p.name, "timings_s": timings, "total_s": sum(timings.values()),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
             "cuda": torch.cuda.is_available(), "git_commit": commit,
@@ -376,13 +380,13 @@ def write_build_info(profile: str, timings: dict[str, float], build: Build | Non
     if build is not None:
         atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
         with build_env(build):  # the page and manifest list this build's result files only
-            mpath = write_manifest(info)
-            write_reproducibility_page(info)
+            mpath = write_manifest(info, p)
+            write_reproducibility_page(info, p)
         # kept with the build too: `rmpm store export` packs the entries it lists
         atomic_write_text(build.dir / "manifest.json", mpath.read_text())
     else:
-        write_manifest(info)
-        write_reproducibility_page(info)
+        write_manifest(info, p)
+        write_reproducibility_page(info, p)
     return path
 
 
@@ -401,7 +405,7 @@ def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
             "worker_env": env}
 
 
-def book_recipes(profile: str) -> list:
+def book_recipes(p: Profile) -> list:
     """The recipes whose models the book used: the profile's, and every stored model a
     result file names by its key."""
     import re
@@ -409,7 +413,7 @@ def book_recipes(profile: str) -> list:
     from . import records
     from .populations import profile_recipes
     from ..pipeline.store import ModelEntry, Store
-    recipes = list(profile_recipes(profile))
+    recipes = list(profile_recipes(p))
     st, seen = Store(), {r.key() for r in recipes}
     d = records.results_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -421,25 +425,25 @@ def book_recipes(profile: str) -> list:
     return recipes
 
 
-def write_manifest(info: dict[str, Any]) -> Path:
+def write_manifest(info: dict[str, Any], p: Profile | None = None) -> Path:
     """``book/_generated/manifest.json``: digests of every model, evaluation and result
     file the book used (see :mod:`rmpm.book.manifest`); ``rmpm verify`` checks against it."""
     from . import manifest as M
     from .populations import eval_spec
+    p = p or get_profile(info["profile"])
     env = {k: info.get(k) for k in ("profile", "build", "git_commit", "built", "cpu_model",
                                     "cpu_capability_native", "libraries", "engine",
                                     "worker_env")}
-    m = M.build(book_recipes(info["profile"]), eval_spec(info["profile"]).key(),
-                environment=env)
+    m = M.build(book_recipes(p), eval_spec(p).key(), environment=env)
     return M.write(m, paths.generated_dir() / "manifest.json")
 
 
-def reproducibility_page(info: dict[str, Any]) -> str:
+def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
     """Markdown for the reproducibility page, from the build info and the result files."""
 
     from . import records
     from .populations import eval_spec
-    p = get_profile(info["profile"])
+    p = p or get_profile(info["profile"])
     lines = [
         "# Reproducibility", "",
         f"This book was built with profile **`{p.name}`** ({p.description}) on "
@@ -559,10 +563,10 @@ def compute_section(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_reproducibility_page(info: dict[str, Any]) -> Path:
+def write_reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> Path:
     path = paths.generated_dir() / "reproducibility.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, reproducibility_page(info))
+    atomic_write_text(path, reproducibility_page(info, p))
     return path
 
 
@@ -577,7 +581,7 @@ def build_html(strict: bool = True) -> Path:
     return root / "_build" / "html" / "index.html"
 
 
-def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
+def build(profile: str | Profile, only: Sequence[str] | None = None, strict: bool = True,
           clean: bool = False, workers: int | None = None,
           deterministic: bool = True) -> Path:
     """Execute all notebooks under ``profile`` and build the HTML book.
@@ -596,14 +600,14 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
-    b = new_build(profile, inherit=bool(only))
-    timings, engine_info = run_on_engine(profile, only, workers, deterministic, build=b)
-    write_build_info(profile, timings, b, engine_info)
+    b = new_build(p, inherit=bool(only))
+    timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    write_build_info(p, timings, b, engine_info)
     index = build_html(strict)
     mpath = paths.generated_dir() / "manifest.json"
     if mpath.is_file() and index.parent.is_dir():  # published next to the book
         shutil.copyfile(mpath, index.parent / "manifest.json")
-    print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
+    print(f"[rmpm book] profile {p.name}: notebooks took {sum(timings.values()):.0f} s, "
           f"total {time.perf_counter() - t0:.0f} s")
     print(f"[rmpm book] the book is at {index}")
     return index
