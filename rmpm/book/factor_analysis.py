@@ -38,6 +38,20 @@ DATA_FACTORS = ("subset_seed",)
 BLOCK = ("dataset", "replicate")
 
 
+#: Factors that change the architecture, so their models cannot share initial weights.
+ARCH_FACTORS = ("width",)
+
+
+def shares_initialisation(factor: str) -> bool:
+    """Whether the models of one population of ``factor`` start from the same
+    initial weights: the factor sets neither the initialisation seed nor the
+    architecture (9 of the 12 protocol factors). Their RM is then smaller than a
+    fresh seed's for that reason alone, and their noise shares the replicate's
+    initialisation."""
+    check_choice("factor", factor, FACTORS)
+    return "init_seed" not in FACTORS[factor].fields and factor not in ARCH_FACTORS
+
+
 def factor_group(factor: str) -> str:
     """``"seeds"`` (only seeds differ), ``"data"`` (different training data) or
     ``"hyperparameters"`` (a recipe setting differs, seeds held fixed)."""

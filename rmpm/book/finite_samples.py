@@ -41,6 +41,13 @@ ActsByLayer = Mapping[str, Sequence[np.ndarray]]
 
 # ----------------------------------------------------------------------------- helpers
 
+def default_small_sample(n_probe: int) -> int:
+    """Chapter 6's small i.i.d. sample when none is given: a fifth of the probe
+    inputs, at least 20 (the size the calibration simulates C2 at, too)."""
+    check_range("n_probe", n_probe, 2, integer=True)
+    return max(20, n_probe // 5)
+
+
 def size_grid(n_max: int, n_min: int = 10, per_doubling: int = 2) -> list[int]:
     """Sample sizes from ``n_min`` to ``n_max`` (both included), ``per_doubling``
     points per doubling (geometric), as sorted distinct ints."""
