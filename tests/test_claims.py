@@ -69,7 +69,10 @@ def test_c2_levels_use_holm_and_direction():
     # a leave-one-data-set-out estimate of the wrong sign blocks "supported"
     flip = dataclasses.replace(ev, rm_pm=_assoc(0.001, 0.5, loo={"a": 0.4, "b": -0.1}))
     assert claims.verdict_c2(flip).verdict == PARTLY
-    assert claims.verdict_c2(dataclasses.replace(ev, rm_pm=None)).verdict == NOT_TESTED
+    assert claims.verdict_c2(dataclasses.replace(ev, pm_acc=None)).verdict == NOT_TESTED
+    # RM untestable at this sample size (every layer flagged): at most partly, said why
+    no_rm = claims.verdict_c2(dataclasses.replace(ev, rm_acc=None, rm_pm=None))
+    assert no_rm.verdict == PARTLY and "RM was not tested" in no_rm.evidence
     assert "Question answered: across training factors" in claims.verdict_c2(ev).evidence
 
 

@@ -186,16 +186,21 @@ def verdict_c2(ev: C2Evidence | None, alpha: float = ALPHA) -> Verdict:
         (f" (small sample of {ev.n_small} inputs; across factors, each side from different "
          f"replicates; labelled baseline accuracy → OOD accuracy {_assoc(ev.baseline)}, "
          f"label-free disagreement → OOD accuracy {_assoc(ev.label_free)})")
-    if any(a is None for a in checks.values()):
+    if ev.pm_acc is None:
         return Verdict(claim, NOT_TESTED, result, "No OOD targets were stored (no corruptions).")
-    ps = [a.p_value for a in checks.values()]
-    dirs = [direction_holds(a) for a in checks.values()]
+    tested = {k: a for k, a in checks.items() if a is not None}
+    ps = [a.p_value for a in tested.values()]
+    dirs = [direction_holds(a) for a in tested.values()]
     level = int(c2_level(np.array([np.nan if p is None else p for p in ps]), dirs, alpha))
-    ok = [k for k, a in checks.items() if _sig(a.p_value, alpha / len(ps))]
+    ok = [k for k, a in tested.items() if _sig(a.p_value, alpha / len(ps))]
     evidence = (f"Question answered: across training factors, does a factor's small-sample RM "
                 f"or PM (on some models) predict its OOD behaviour (on other models) beyond "
                 f"the small-sample baseline? {len(ok)} of {len(ps)} predictions hold at "
                 f"alpha = {alpha} (Holm-corrected)" + (f": {', '.join(ok)}." if ok else "."))
+    if len(tested) < len(checks):
+        level = min(level, 1)  # a claim about RM and PM with RM untested: at most partly
+        evidence += (f" RM was not tested: on {ev.n_small} inputs every hidden layer keeps so "
+                     "many SVCCA dimensions that its RM measures the sample, not the models.")
     return Verdict(claim, LEVEL_NAMES["C2"][level], result, evidence)
 
 

@@ -629,7 +629,10 @@ def c2_evidence(small: pd.DataFrame, n_small: int, n_perm: int = 2000, n_boot: i
     target or predictor is missing (no corruptions stored) are None."""
     out = {}
     for i, (name, x, y, z, alt) in enumerate(C2_PREDICTIONS + C2_BASELINES):
-        have = all(c in small.columns for c in (x, y) + ((z,) if z else ()))
+        cols = (x, y) + ((z,) if z else ())
+        # a column that is missing (no corruptions) or NaN (every layer's RM flagged
+        # at this sample size) leaves its prediction untested
+        have = all(c in small.columns and small[c].notna().all() for c in cols)
         out[name] = association(small, x, y, z, alt, n_perm, n_boot, seed=seed + i) \
             if have else None
     return C2Evidence(**out, n_small=int(n_small), n_datasets=int(small["dataset"].nunique()))
