@@ -315,7 +315,7 @@ def tests_table(evidence: dict[str, Any], alpha: float = ALPHA) -> pd.DataFrame:
         top = min(e1.contrasts.values(), key=lambda c: (c["p_adjusted"] is None,
                                                          c["p_adjusted"] or 1.0,
                                                          -abs(c["estimate"])))
-        add("C1", f"a factor's RM differs from {e1.baseline}'s (max-T, block sign flips)",
+        add("C1", f"a factor's RM differs from that of {e1.baseline} (max-T, block sign flips)",
             top["estimate"], top["low"], top["high"], 0.0, e1.p_value, 1)
         if e1.n_datasets >= 2:
             add("C1", "... the same way in every data set", None, None, None, 0.0,
