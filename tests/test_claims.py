@@ -53,6 +53,9 @@ def test_c1_levels():
     v = claims.verdict_c1(_c1(0.01))
     assert "width +0.300" in v.result and "minus that of both_seeds" in v.result
     assert "share their initial weights" in v.evidence
+    # 4 blocks, every flip enumerated: no p below 2/16 is possible, and the page says so
+    assert _c1(0.2).smallest_p == pytest.approx(0.125)
+    assert "cannot give a p-value below 0.125" in claims.verdict_c1(_c1(0.2)).evidence
 
 
 def test_c2_levels_use_holm_and_direction():

@@ -172,6 +172,10 @@ def verdict_c1(ev: C1Evidence | None, alpha: float = ALPHA) -> Verdict:
                    "most partly.")
                 + " In most factors a population's models share their initial weights, which "
                   "alone makes their RM smaller than a fresh seed's.")
+    if ev.smallest_p >= alpha:
+        evidence += (f" With {ev.n_blocks} blocks the sign-flip test cannot give a p-value below "
+                     f"{ev.smallest_p:.3g}, so this design cannot show C1 at alpha = {alpha}; "
+                     "it needs 6 or more (data set, replicate) blocks.")
     return Verdict(claim, LEVEL_NAMES["C1"][level], result, evidence)
 
 

@@ -221,6 +221,13 @@ class C1Evidence(Evidence):
     kendalls_w: float | None     # descriptive: agreement of the blocks' rankings (not a test)
     effect_size: float | None    # SD of factor effects / residual SD (two-way ANOVA)
 
+    @property
+    def smallest_p(self) -> float:
+        """The smallest p-value the sign-flip test can give: flipping every block
+        leaves both statistics unchanged, so ``2 / 2^B`` when every flip is
+        enumerated (with 3 blocks 0.25: no level below it can be reached)."""
+        return (2.0 if self.exact else 1.0) / self.n_flips
+
 
 def _block_matrix(table: pd.DataFrame, value: str, blocks=BLOCK) -> pd.DataFrame:
     from .factor_analysis import block_matrix
