@@ -76,6 +76,8 @@ def test_c2_levels_use_holm_and_direction():
     # RM untestable at this sample size (every layer flagged): at most partly, said why
     no_rm = claims.verdict_c2(dataclasses.replace(ev, rm_acc=None, rm_pm=None))
     assert no_rm.verdict == PARTLY and "RM was not tested" in no_rm.evidence
+    two = dataclasses.replace(ev, n_datasets=2)   # the stubs' predictions span one data set
+    assert "tested on 1 of the 2 data sets" in claims.verdict_c2(two).evidence
     assert "Question answered: across training factors" in claims.verdict_c2(ev).evidence
 
 

@@ -199,6 +199,12 @@ def test_small_sample_rm_leaves_out_layers_as_wide_as_the_sample():
     from rmpm.book import decisions as D
     ev = D.c2_evidence(strict, 30, n_perm=20, n_boot=0)
     assert ev.rm_acc is None and ev.rm_pm is None and ev.pm_acc is not None
+    # RM untestable on one data set only: the prediction is tested on the other
+    mixed = t.copy()
+    mixed.loc[mixed["dataset"] == "b", "rm_small"] = np.nan
+    ev = D.c2_evidence(mixed, 30, n_perm=20, n_boot=0)
+    assert ev.rm_acc.n_datasets == 1 and set(ev.rm_acc.per_dataset) == {"a"}
+    assert ev.pm_acc.n_datasets == 2
     dims = S.kept_dims_table(t)
     assert list(dims.columns) == ["narrow", "wide"] and len(dims) == 6
 

@@ -201,6 +201,11 @@ def verdict_c2(ev: C2Evidence | None, alpha: float = ALPHA) -> Verdict:
                 f"or PM (on some models) predict its OOD behaviour (on other models) beyond "
                 f"the small-sample baseline? {len(ok)} of {len(ps)} predictions hold at "
                 f"alpha = {alpha} (Holm-corrected)" + (f": {', '.join(ok)}." if ok else "."))
+    fewer = sorted({a.n_datasets for a in tested.values() if a.n_datasets < ev.n_datasets})
+    if fewer:
+        evidence += (f" Some predictions were tested on {fewer[0]} of the {ev.n_datasets} data "
+                     "sets: in the others every hidden layer keeps so many SVCCA dimensions on "
+                     f"{ev.n_small} inputs that RM measures the sample, not the models.")
     if len(tested) < len(checks):
         level = min(level, 1)  # a claim about RM and PM with RM untested: at most partly
         evidence += (f" RM was not tested: on {ev.n_small} inputs every hidden layer keeps so "

@@ -633,15 +633,21 @@ def c2_evidence(small: pd.DataFrame, n_small: int, n_perm: int = 2000, n_boot: i
                 seed: int = 0) -> C2Evidence:
     """C2's evidence from :func:`rmpm.book.finite_samples.small_sample_table` (one row per
     population, with its dataset, factor and replicate). Predictions whose
-    target or predictor is missing (no corruptions stored) are None."""
+    target is missing (no corruptions stored) are None; a data set where a column
+    is NaN (RM with every layer flagged) is left out of that prediction (its
+    ``n_datasets`` says how many remain), and with none left it is None."""
     out = {}
     for i, (name, x, y, z, alt) in enumerate(C2_PREDICTIONS + C2_BASELINES):
-        cols = (x, y) + ((z,) if z else ())
-        # a column that is missing (no corruptions) or NaN (every layer's RM flagged
-        # at this sample size) leaves its prediction untested
-        have = all(c in small.columns and small[c].notna().all() for c in cols)
-        out[name] = association(small, x, y, z, alt, n_perm, n_boot, seed=seed + i) \
-            if have else None
+        cols = [x, y] + ([z] if z else [])
+        out[name] = None
+        if not all(c in small.columns for c in cols):
+            continue  # no corruptions stored: no target
+        # a data set whose RM is NaN (every layer flagged at this sample size) leaves
+        # the prediction; it is tested on the others (None if none is left)
+        ok = small.groupby("dataset", sort=False)[cols].transform(
+            lambda v: v.notna().all()).all(axis=1)
+        if ok.any():
+            out[name] = association(small[ok], x, y, z, alt, n_perm, n_boot, seed=seed + i)
     return C2Evidence(**out, n_small=int(n_small), n_datasets=int(small["dataset"].nunique()))
 
 
