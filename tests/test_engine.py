@@ -180,6 +180,61 @@ def test_a_killed_worker_loses_no_work(client, tmp_path):
     assert _digests(clean, recipes[:1]) == _digests(store, recipes[:1])
 
 
+def _start_environ() -> dict[str, str]:
+    """The environment this process was *started* with (what glibc read), not os.environ."""
+    raw = Path(f"/proc/{os.getpid()}/environ").read_bytes().split(b"\0")
+    return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_workers_start_with_the_allocator_settings(client):
+    from rmpm.pipeline.determinism import ALLOC_ENV, PINNED_ENV
+    want = {**ALLOC_ENV, **PINNED_ENV, "OMP_NUM_THREADS": "1"}
+    envs = client.run(_start_environ)
+    assert len(envs) == 2
+    for env in envs.values():
+        assert {k: env.get(k) for k in want} == want
+    # also a worker its nanny restarts (after a crash) starts with them
+    client.restart_workers(list(envs)[:1])
+    again = client.run(_start_environ)
+    assert all({k: e.get(k) for k in want} == want for e in again.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_dask_worker_started_with_rmpm_env_starts_with_it(tmp_path):
+    """The README's external-cluster recipe: `rmpm env` exported before `dask worker`."""
+    from rmpm.pipeline.determinism import ALLOC_ENV, PINNED_ENV, worker_env
+    from dask.distributed import Client
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **worker_env(True)}
+    sched = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
+                              "--port", "0", "--dashboard-address", ":0",
+                              "--scheduler-file", str(tmp_path / "s.json")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "s.json").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", "--nthreads", "1",
+                                   "--scheduler-file", str(tmp_path / "s.json")], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with Client(scheduler_file=str(tmp_path / "s.json"), set_as_default=False) as c:
+            c.wait_for_workers(1, timeout=60)
+            def start_environ():  # pickled by value: the worker cannot import tests/
+                raw = Path(f"/proc/{os.getpid()}/environ").read_bytes().split(b"\0")
+                return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+            [got] = c.run(start_environ).values()
+        want = {**ALLOC_ENV, **PINNED_ENV}
+        assert {k: got.get(k) for k in want} == want
+    finally:
+        for p in (worker, sched):
+            if p is not None:
+                p.terminate()
+                p.wait(30)
+
+
 def test_two_clients_on_one_store_store_each_recipe_once(client, tmp_path):
     store = Store(tmp_path / "shared")
     recipes = [CNN.replace(init_seed=40 + i) for i in range(4)]
@@ -243,6 +298,7 @@ def test_env_command_and_worker_count_checks(capsys, tmp_path):
     for k, v in PINNED_ENV.items():
         assert f"export {k}={v}" in out
     assert "export OMP_NUM_THREADS=1" in out
+    assert "export MALLOC_TRIM_THRESHOLD_=1073741824" in out
     assert main(["env", "--fast"]) == 0
     assert "ATEN_CPU_CAPABILITY" not in capsys.readouterr().out
     assert main(["train", "--profile", "smoke", "--workers", "0", "--store", str(tmp_path)]) == 2

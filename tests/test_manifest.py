@@ -153,3 +153,70 @@ def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
     assert "python -m rmpm verify manifest.json" in text
     assert m["models"][extra.key()]["digest"] in text
     assert "3 models, 3 evaluations and 1 result files" in text
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*")
+                  if p.is_file())
+
+
+def test_verify_is_read_only_a_damaged_entry_is_reported_and_left_in_place(built, capsys):
+    store, res, path = built
+    e = store.model(TINY)
+    blob = bytearray((e.path / "model.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # a flipped byte
+    (e.path / "model.pt").write_bytes(bytes(blob))
+    from rmpm.pipeline import store as S
+    S._CHECKED.clear()  # as a fresh process: nothing checked yet
+    before = _tree(store.root)
+    rep = M.verify(M.load(path), store, res)
+    assert _tree(store.root) == before  # nothing moved, nothing written
+    assert not (store.root / "quarantine").exists()
+    by = {(c.kind, c.key[:64]): c for c in rep.checks}
+    assert by[("model", TINY.key())].status == "damaged"
+    assert "model.pt" in by[("model", TINY.key())].detail
+    assert by[("model", RECIPES[1].key())].status == "identical"
+    assert not rep.identical
+    assert main(["verify", str(path), "--store", str(store.root), "--results", str(res)]) == 1
+    out = capsys.readouterr().out
+    assert "damaged  model" in out and "left in place" in out
+    assert _tree(store.root) == before
+    # repairing stays the store command's job
+    assert main(["store", "verify", "--repair", "--store", str(store.root)]) == 1
+    assert (store.root / "quarantine").is_dir()
+
+
+def test_verify_finds_the_results_of_the_build_its_manifest_names(built, tmp_path, monkeypatch,
+                                                                 capsys):
+    """`rmpm verify manifest.json` as the README writes it: no --results. The
+    manifest's own build if it is here, else the profile's latest build."""
+    from rmpm import paths
+    from rmpm.book import build as book
+    store, res, path = built
+    monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "gen")
+    monkeypatch.setenv("RMPM_STORE", str(store.root))
+    own = book.new_build("smoke")
+    shutil.copy(res / "03_rm_by_factor.json", own.results_dir)
+    later = book.new_build("smoke")  # another build, whose results differ
+    doc = json.loads((res / "03_rm_by_factor.json").read_text())
+    doc["values"]["rm"] = 0.5
+    (later.results_dir / "03_rm_by_factor.json").write_text(json.dumps(doc))
+    (later.dir.parent / "latest").write_text(later.id)
+    m = M.load(path)
+    m["environment"]["build"] = own.id
+    folder, why = M.results_folder(m)
+    assert folder == own.results_dir and "manifest's own" in why
+    M.write(m, path)
+    assert main(["verify", str(path)]) == 0
+    assert f"build {own.id}" in capsys.readouterr().out
+    # a manifest from another machine (CI's committed one): this machine's latest build
+    m["environment"]["build"] = "20260101T000000-abcdef"
+    M.write(m, path)
+    folder, why = M.results_folder(m)
+    assert folder == later.results_dir and "latest smoke build" in why
+    assert main(["verify", str(path)]) == 1  # its rm differs
+    # no build of the profile at all: one clear error
+    m["environment"]["profile"] = "smoke_multi"
+    M.write(m, path)
+    assert main(["verify", str(path)]) == 2
+    assert "no smoke_multi build here" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import paths
 from .._checks import check_choice
-from .profiles import get_profile
+from .profiles import Profile, get_profile
 from ..atomic import atomic_write_text
 
 KERNEL_NAME = "rmpm"
@@ -124,15 +124,15 @@ def latest_build(profile: str, root: Path | None = None) -> Build | None:
     return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
 
 
-def new_build(profile: str, root: Path | None = None, inherit: bool = False) -> Build:
+def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = False) -> Build:
     """A fresh build folder; with ``inherit`` it starts with a copy of the latest
     build's results (for ``--only``: the other chapters' results stay available)."""
-    get_profile(profile)
-    d = (root or builds_root()) / profile
+    name = get_profile(profile).name
+    d = (root or builds_root()) / name
     bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    b = Build(profile, bid, d / bid)
+    b = Build(name, bid, d / bid)
     b.results_dir.mkdir(parents=True)
-    prev = latest_build(profile, root) if inherit else None
+    prev = latest_build(name, root) if inherit else None
     if prev is not None and prev.results_dir.is_dir():
         for f in prev.results_dir.glob("*.json"):
             shutil.copy2(f, b.results_dir / f.name)
@@ -162,28 +162,160 @@ def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
     atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
 
 
-def run_notebooks(profile: str, only: Sequence[str] | None = None,
+class NotebookFailed(RuntimeError):
+    """A notebook of a book build raised; the message names the partially executed
+    notebook and the build's status file."""
+
+
+#: the execution record of a build, in its folder (see :func:`run_notebooks`)
+STATUS = "status.json"
+
+
+def papermill_status(path: Path) -> str | None:
+    """What papermill recorded in executed notebook ``path``: ``completed``, ``failed``
+    (naming the cell as papermill does, by its execution count), or None if it holds no
+    papermill record."""
+    try:
+        nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    pm_meta = nb.get("metadata", {}).get("papermill")
+    if not pm_meta:
+        return None
+    if not pm_meta.get("exception"):
+        return "completed"
+    failed = [c.get("execution_count") for c in nb.get("cells", [])
+              if c.get("metadata", {}).get("papermill", {}).get("status") == "failed"]
+    return f"failed at In [{failed[0]}]" if failed else "failed"
+
+
+def _write_status(build: Build, status: dict[str, Any]) -> Path:
+    path = build.dir / STATUS
+    atomic_write_text(path, json.dumps(status, indent=1))
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+    if isinstance(e, PapermillExecutionError):
+        value = (e.evalue or "").strip().splitlines()
+        return f"In [{e.exec_count}] raised {e.ename}: {value[0] if value else ''}".strip()
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
                   out_dir: Path | None = None, build: Build | None = None,
                   builds_dir: Path | None = None) -> dict[str, float]:
     """Execute the book's notebooks under ``profile``; returns seconds per notebook.
 
     Results go to ``build``'s folder (default: a new build under ``builds_dir``,
     see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
+    The notebooks get the profile's name (a papermill parameter) and resolve it
+    themselves, in their kernels.
+
+    The build's ``status.json`` records, per notebook, whether it ran in this build or
+    was reused (an ``--only`` build inherits the other chapters' results and their
+    record from the previous build), its run time and papermill's status; it is
+    rewritten after every notebook, so a killed build leaves it too. A failing
+    notebook stops the build with :class:`NotebookFailed` naming the partially
+    executed notebook papermill wrote (a copy is kept in the build folder, since the
+    next build overwrites ``book/_executed``) and the status file.
     """
-    get_profile(profile)
+    p = get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
     nbs = select_notebooks(only)
-    build = build or new_build(profile, builds_dir, inherit=bool(only))
+    prev = latest_build(p.name, builds_dir) if only else None  # what new_build inherits
+    build = build or new_build(p, builds_dir, inherit=bool(only))
+    commit = git_commit()
+    status = {"profile": p.name, "build": build.id, "state": "running",
+              "notebooks": _status_entries(nbs, prev, out_dir)}
+    _write_status(build, status)
     timings = {}
+    params = {"profile": p.name}
     with build_env(build):
         for nb in nbs:
-            print(f"[rmpm book] executing {nb.name} (profile={profile}, build {build.id})",
+            print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
                   flush=True)
-            timings[nb.stem] = execute(nb, out_dir / nb.name, {"profile": profile})
-            show_parameters(nb, out_dir / nb.name, {"profile": profile})
+            out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
+            before = out.stat().st_mtime_ns if out.exists() else None
+            t0 = time.perf_counter()
+            try:
+                timings[nb.stem] = execute(nb, out, params)
+            except BaseException as e:
+                fresh = out.exists() and out.stat().st_mtime_ns != before
+                kept = None
+                if fresh:  # papermill wrote what ran so far; the next build overwrites it
+                    kept = build.dir / "failed" / nb.name
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out, kept)
+                entry.update(state="failed", build=build.id,
+                             seconds=round(time.perf_counter() - t0, 1),
+                             papermill=papermill_status(out) if fresh else None,
+                             error=_one_line(e), partial=str(kept) if kept else None)
+                status["state"] = "failed"
+                spath = _write_status(build, status)
+                if not isinstance(e, Exception):
+                    raise
+                where = (f"the partially executed notebook is {out} (kept as {kept})" if kept
+                         else "it failed before papermill wrote a notebook")
+                raise NotebookFailed(f"{nb.name} failed in build {build.id}: {entry['error']}; "
+                                     f"{where}; status: {spath}") from None
+            show_parameters(nb, out, params)
+            annotate_figures(out, nb.stem, build, commit)
+            entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
+                         papermill=papermill_status(out))
+            _write_status(build, status)
             print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    status["state"] = "finished"
+    _write_status(build, status)
     atomic_write_text(build.dir.parent / "latest", build.id + "\n")
     return timings
+
+
+def git_commit() -> str:
+    """The checkout's commit, marked when tracked files have uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
+
+
+def annotate_figures(out: Path, name: str, build: Build, commit: str) -> None:
+    """Under every numbered figure of executed notebook ``out``, its provenance line
+    (:mod:`rmpm.book.provenance`): this notebook, the rmpm functions the cell calls,
+    the chapter's result file and digest, the build and the commit."""
+    import nbformat
+
+    from . import records
+    from .provenance import add_figure_provenance
+    digest = records.digests().get(name)
+    nb = add_figure_provenance(nbformat.read(out, as_version=4), name,
+                               name if digest else None, digest, build.id, commit)
+    atomic_write_text(out, nbformat.writes(nb))
+
+
+def _status_entries(selected: list[Path], prev: Build | None,
+                    out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The initial record: the selected notebooks pending, the others reused from
+    ``prev`` (with the record of the build that really ran them)."""
+    names = {p.stem for p in selected}
+    old = {}
+    if prev is not None and (prev.dir / STATUS).is_file():
+        old = json.loads((prev.dir / STATUS).read_text()).get("notebooks", {})
+    out = {}
+    for nb in notebook_paths():
+        if nb.stem in names:
+            out[nb.stem] = {"state": "pending", "build": None, "seconds": None,
+                            "papermill": None, "notebook": str(out_dir / nb.name)}
+        elif prev is not None:
+            was = old.get(nb.stem, {})
+            out[nb.stem] = {"state": "reused", "build": was.get("build") or prev.id,
+                            "seconds": was.get("seconds"), "papermill": was.get("papermill"),
+                            "notebook": str(out_dir / nb.name)}
+    return out
 
 
 def kernel_env(deterministic: bool = True) -> dict[str, str]:
@@ -197,7 +329,7 @@ def kernel_env(deterministic: bool = True) -> dict[str, str]:
     return env
 
 
-def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int | None = None,
+def run_on_engine(p: Profile, only: Sequence[str] | None = None, workers: int | None = None,
                   deterministic: bool = True,
                   build: Build | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the profile's models on one Dask cluster, then execute the notebooks
@@ -205,7 +337,6 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
     calls submit to it). Returns the notebook timings and what ran them."""
     from ..pipeline import engine as E
     from .populations import TRAINED_VAR, train_profile
-    p = get_profile(profile)
     external = E.scheduler_address()
     with E.serve(workers, deterministic, p.device) as address, E.environ(kernel_env(deterministic)):
         t0 = time.perf_counter()
@@ -216,46 +347,54 @@ def run_on_engine(profile: str, only: Sequence[str] | None = None, workers: int 
         # every model is stored now: the chapters load them without re-checking
         with E.environ({TRAINED_VAR: p.name}):
             timings = {"training (all notebooks' models)": train_s,
-                       **run_notebooks(profile, only, build=build)}
+                       **run_notebooks(p, only, build=build)}
     info = {"workers": n, "threads_per_worker": 1, "deterministic": deterministic,
             "scheduler": external or "embedded LocalCluster"}
     return timings, info
 
 
-def write_build_info(profile: str, timings: dict[str, float], build: Build | None = None,
+def write_build_info(profile: str | Profile, timings: dict[str, float],
+                     build: Build | None = None,
                      engine_info: dict[str, Any] | None = None) -> Path:
     """Record what built the book; the reproducibility page and the manifest read it
     (and the build's result files: ``build``, default the profile's latest)."""
     import platform
 
     import torch
-    build = build or latest_build(profile)
+    p = get_profile(profile)
+    build = build or latest_build(p.name)
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=paths.repo_root()).stdout.strip()
-    commit = git("rev-parse", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
-    info = {"profile": profile, "timings_s": timings, "total_s": sum(timings.values()),
+    commit = git_commit()
+    info = {"profile": p.name, "timings_s": timings, "total_s": sum(timings.values()),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
             "cuda": torch.cuda.is_available(), "git_commit": commit,
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "build": build.id if build else None,
             "results_dir": str(build.results_dir) if build else None,
+            "execution": _read_status(build),
             **_engine_info(engine_info)}
     path = gen / "build_info.json"
     atomic_write_text(path, json.dumps(info, indent=1))
     if build is not None:
         atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
         with build_env(build):  # the page and manifest list this build's result files only
-            write_manifest(info)
-            write_reproducibility_page(info)
+            mpath = write_manifest(info, p)
+            write_reproducibility_page(info, p)
+        # kept with the build too: `rmpm store export` packs the entries it lists
+        atomic_write_text(build.dir / "manifest.json", mpath.read_text())
     else:
-        write_manifest(info)
-        write_reproducibility_page(info)
+        write_manifest(info, p)
+        write_reproducibility_page(info, p)
     return path
+
+
+def _read_status(build: Build | None) -> dict[str, Any] | None:
+    try:
+        return json.loads((build.dir / STATUS).read_text()) if build is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,7 +405,7 @@ def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
             "worker_env": env}
 
 
-def book_recipes(profile: str) -> list:
+def book_recipes(p: Profile) -> list:
     """The recipes whose models the book used: the profile's, and every stored model a
     result file names by its key."""
     import re
@@ -274,7 +413,7 @@ def book_recipes(profile: str) -> list:
     from . import records
     from .populations import profile_recipes
     from ..pipeline.store import ModelEntry, Store
-    recipes = list(profile_recipes(profile))
+    recipes = list(profile_recipes(p))
     st, seen = Store(), {r.key() for r in recipes}
     d = records.results_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -286,25 +425,25 @@ def book_recipes(profile: str) -> list:
     return recipes
 
 
-def write_manifest(info: dict[str, Any]) -> Path:
+def write_manifest(info: dict[str, Any], p: Profile | None = None) -> Path:
     """``book/_generated/manifest.json``: digests of every model, evaluation and result
     file the book used (see :mod:`rmpm.book.manifest`); ``rmpm verify`` checks against it."""
     from . import manifest as M
     from .populations import eval_spec
-    env = {k: info.get(k) for k in ("profile", "git_commit", "built", "cpu_model",
+    p = p or get_profile(info["profile"])
+    env = {k: info.get(k) for k in ("profile", "build", "git_commit", "built", "cpu_model",
                                     "cpu_capability_native", "libraries", "engine",
                                     "worker_env")}
-    m = M.build(book_recipes(info["profile"]), eval_spec(info["profile"]).key(),
-                environment=env)
+    m = M.build(book_recipes(p), eval_spec(p).key(), environment=env)
     return M.write(m, paths.generated_dir() / "manifest.json")
 
 
-def reproducibility_page(info: dict[str, Any]) -> str:
+def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
     """Markdown for the reproducibility page, from the build info and the result files."""
 
     from . import records
     from .populations import eval_spec
-    p = get_profile(info["profile"])
+    p = p or get_profile(info["profile"])
     lines = [
         "# Reproducibility", "",
         f"This book was built with profile **`{p.name}`** ({p.description}) on "
@@ -339,6 +478,7 @@ def reproducibility_page(info: dict[str, Any]) -> str:
     lines += ["", "Factors and their values (seed-like factors: offsets added to the "
               "replicate's seed):", "", "| factor | values |", "|---|---|"]
     lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
+    lines += execution_section(info)
     lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
     where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
@@ -355,6 +495,28 @@ def reproducibility_page(info: dict[str, Any]) -> str:
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]
     return "\n".join(lines)
+
+
+def execution_section(info: dict[str, Any]) -> list[str]:
+    """The page's "Execution status": per notebook, whether it ran in this build or was
+    reused from an earlier one (an ``--only`` build), its run time and papermill's status."""
+    status = info.get("execution")
+    if not status:
+        return []
+    here = status.get("build")
+    lines = ["", "## Execution status", "",
+             f"Every chapter is a notebook executed by papermill. Build `{here}` "
+             + ("executed all of them." if all(e["state"] == "ran" for e in
+                                               status["notebooks"].values())
+                else "executed those marked *ran*; the others are *reused*: their results "
+                     "and pages come from the earlier build named (an `--only` build)."), "",
+             "| notebook | in this build | executed by build | run time (s) | papermill status |",
+             "|---|---|---|---|---|"]
+    for name, e in status["notebooks"].items():
+        secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
+        lines.append(f"| [{name}](../_executed/{name}.ipynb) | {e['state']} | "
+                     f"`{e.get('build') or '?'}` | {secs} | {e.get('papermill') or 'unknown'} |")
+    return lines
 
 
 def compute_section(info: dict[str, Any]) -> list[str]:
@@ -401,10 +563,10 @@ def compute_section(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_reproducibility_page(info: dict[str, Any]) -> Path:
+def write_reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> Path:
     path = paths.generated_dir() / "reproducibility.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, reproducibility_page(info))
+    atomic_write_text(path, reproducibility_page(info, p))
     return path
 
 
@@ -419,7 +581,7 @@ def build_html(strict: bool = True) -> Path:
     return root / "_build" / "html" / "index.html"
 
 
-def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
+def build(profile: str | Profile, only: Sequence[str] | None = None, strict: bool = True,
           clean: bool = False, workers: int | None = None,
           deterministic: bool = True) -> Path:
     """Execute all notebooks under ``profile`` and build the HTML book.
@@ -438,14 +600,14 @@ def build(profile: str, only: Sequence[str] | None = None, strict: bool = True,
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
-    b = new_build(profile, inherit=bool(only))
-    timings, engine_info = run_on_engine(profile, only, workers, deterministic, build=b)
-    write_build_info(profile, timings, b, engine_info)
+    b = new_build(p, inherit=bool(only))
+    timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    write_build_info(p, timings, b, engine_info)
     index = build_html(strict)
     mpath = paths.generated_dir() / "manifest.json"
     if mpath.is_file() and index.parent.is_dir():  # published next to the book
         shutil.copyfile(mpath, index.parent / "manifest.json")
-    print(f"[rmpm book] profile {profile}: notebooks took {sum(timings.values()):.0f} s, "
+    print(f"[rmpm book] profile {p.name}: notebooks took {sum(timings.values()):.0f} s, "
           f"total {time.perf_counter() - t0:.0f} s")
     print(f"[rmpm book] the book is at {index}")
     return index

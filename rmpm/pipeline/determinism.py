@@ -44,6 +44,20 @@ PINNED_ENV: dict[str, str] = {
 THREAD_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                               "OPENBLAS_NUM_THREADS": "1"}
 CUDA_ENV: dict[str, str] = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+#: glibc's allocator, read once when a process starts. Dask's nanny would start
+#: its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+#: ``distributed.nanny.pre-spawn-environ`` default), which turns off glibc's
+#: dynamic mmap threshold: every tensor over 128 kB is then mapped from and
+#: returned to the OS, and faulted in again page by page, on every training step.
+#: That doubled a worker's CPU time (millions of page faults per model; see
+#: benchmarks/bench_worker_env.py). Large fixed thresholds keep freed tensors in
+#: the heap for reuse; one arena, because a worker computes on one thread. Changes
+#: speed only, never a number.
+ALLOC_ENV: dict[str, str] = {
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc's largest allowed value on 64-bit
+    "MALLOC_ARENA_MAX": "1",
+}
 #: set in every worker rmpm starts; says which mode it was started in
 MODE_VAR = "RMPM_MODE"
 DETERMINISTIC, FAST = "deterministic", "fast"
@@ -53,15 +67,28 @@ PINNED_CAPABILITY = "AVX2"
 
 def worker_env(deterministic: bool = True) -> dict[str, str]:
     """The environment a worker process must be *started* with for the mode."""
-    env = {**THREAD_ENV, **CUDA_ENV, MODE_VAR: DETERMINISTIC if deterministic else FAST}
+    env = {**THREAD_ENV, **ALLOC_ENV, **CUDA_ENV,
+           MODE_VAR: DETERMINISTIC if deterministic else FAST}
     if deterministic:
         env.update(PINNED_ENV)
     return env
 
 
+def nanny_pre_spawn_env(deterministic: bool = True) -> dict[str, str]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` with the mode's environment on
+    top: what a nanny puts in place just before it spawns (or restarts) its worker.
+    A variable already set in the nanny's own environment takes precedence over
+    this setting in distributed, so exporting :func:`worker_env` before ``dask
+    worker`` is enough; the embedded cluster sets both."""
+    import dask
+    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    return {**{k: str(v) for k, v in current.items()}, **worker_env(deterministic)}
+
+
 def shell_exports(deterministic: bool = True) -> list[str]:
     """``export K=V`` lines for a job script's prologue (e.g. dask-jobqueue's
-    ``job_script_prologue``), so workers of an external cluster start pinned."""
+    ``job_script_prologue``), so workers of an external cluster start pinned and
+    with rmpm's allocator settings."""
     return [f"export {k}={v}" for k, v in worker_env(deterministic).items()]
 
 

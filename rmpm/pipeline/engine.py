@@ -94,16 +94,21 @@ def start_cluster(workers: int | None = None, deterministic: bool = True,
                   device: str | None = "auto"):
     """A ``LocalCluster`` of ``workers`` single-threaded processes (default: one per core).
 
-    The mode's environment is set twice, because each way alone has a gap: in
-    ``os.environ`` while the first workers are spawned (so they start with it,
-    before any import), and as the nanny's ``env`` (applied first thing in every
-    worker, including those the nanny restarts after a worker died).
+    Every worker process is *started* with the mode's environment
+    (:func:`rmpm.pipeline.determinism.worker_env`): it goes into the nannies'
+    pre-spawn environment, which each nanny puts in place just before it spawns
+    its worker (also when it restarts one that died). Passing it as the nanny's
+    ``env`` alone would be too late for what is read at process start (glibc's
+    allocator settings), and the nanny's own pre-spawn default would override the
+    allocator settings of ``os.environ``.
     """
+    import dask
     from dask.distributed import LocalCluster
     n = default_workers(device) if workers is None else workers
     check_range("workers", n, 1, integer=True)
     env = determinism.worker_env(deterministic)
-    with environ(env):
+    pre_spawn = determinism.nanny_pre_spawn_env(deterministic)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), environ(env):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
                             dashboard_address=":0", memory_limit=0,
                             silence_logs=logging.ERROR)
@@ -179,82 +184,6 @@ def serve(workers: int | None = None, deterministic: bool = True,
         yield address
 
 
-# ----------------------------------------------------------------------------- tasks
-# These run in the workers. Each checks the worker's mode first, reads and writes
-# only the store, and returns keys, never models or arrays.
-
-_RESIDENT: dict[tuple[str, str], Any] = {}  # one data set kept per worker
-
-
-def _worker_device(device: str):
-    """The torch device for this worker: on a multi-GPU machine, worker i uses GPU i mod n."""
-    import torch
-
-    from .train import resolve_device
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None and torch.cuda.device_count() > 1:
-        try:
-            from distributed import get_worker
-            name = get_worker().name
-            i = int(name) if str(name).isdigit() else abs(hash(name))
-        except (ImportError, ValueError):
-            i = 0
-        dev = torch.device("cuda", i % torch.cuda.device_count())
-    return dev
-
-
-def _data(dataset: str, dev):
-    from .train import prepare
-    k = (dataset, str(dev))
-    if k not in _RESIDENT:
-        _RESIDENT.clear()
-        _RESIDENT[k] = prepare(dataset, dev)
-    return _RESIDENT[k]
-
-
-def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
-               deterministic: bool) -> list[str]:
-    """Train ``recipes`` (one, or one ensemble group) unless stored; returns their keys."""
-    from .ensemble import fit_ensemble
-    from .runs import _put_trained
-    from .store import Store
-    from .train import fit
-    determinism.enter(deterministic)
-    store = Store(store_root)
-    todo = [r for r in recipes if not store.has_model(r)]  # another client may have it now
-    if todo:
-        dev = _worker_device(device)
-        data = _data(todo[0].dataset, dev)
-        if engine == "ensemble":
-            results = fit_ensemble(todo, dev, data=data)
-        else:
-            results = [fit(r, dev, data=data) for r in todo]
-        for r, res in zip(todo, results):
-            _put_trained(store, r, res, data)
-    return [r.key() for r in recipes]
-
-
-def eval_task(recipes: list[Recipe], spec, store_root: str, device: str,
-              deterministic: bool) -> list[str]:
-    """Evaluate stored models of one data set under ``spec`` unless stored; returns keys.
-
-    Several models per task, so each corrupted test set is generated once per chunk
-    (the numbers do not depend on the chunk: each model is evaluated on its own).
-    """
-    from .evaluate import evaluate
-    from .store import Store
-    determinism.enter(deterministic)
-    store = Store(store_root)
-    skey = spec.key()
-    todo = [r for r in recipes if not store.has_eval(r, skey)]
-    if todo:
-        dev = _worker_device(device)
-        models = [store.model(r).load_model() for r in todo]
-        for r, (metrics, arrays) in zip(todo, evaluate(models, todo[0].dataset, spec, dev)):
-            store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
-    return [r.key() for r in recipes]
-
-
 # ----------------------------------------------------------------------------- driver
 
 def _short(e: BaseException) -> str:
@@ -275,8 +204,8 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
     from dask.distributed import as_completed
 
     from .ensemble import group_recipes
-    from .runs import _bar
     from .store import Store
+    from .tasks import eval_task, progress_bar, train_task
     check_range("eval_chunk", eval_chunk, 1, integer=True)
     store = Store(store_root)
     skey = spec.key()
@@ -328,7 +257,7 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
             ready.setdefault(r.dataset, []).append(r)
     flush(force=not pending_train)
 
-    bar = _bar(progress, len(untrained) + len(need_eval),
+    bar = progress_bar(progress, len(untrained) + len(need_eval),
                f"{len(untrained)} to train, {len(need_eval)} to evaluate on {n_workers} worker(s)")
     try:
         for fut in ac:

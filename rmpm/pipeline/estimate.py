@@ -23,6 +23,7 @@ SHAPES: dict[str, tuple[tuple[int, int, int], int, int, int]] = {
     "fashion_mnist": ((1, 28, 28), 10, 60000, 10000),
     "cifar10": ((3, 32, 32), 10, 50000, 10000),
     "svhn": ((3, 32, 32), 10, 73257, 26032),
+    "mnist5k": ((1, 28, 28), 10, 4000, 1000),
     "digits": ((1, 8, 8), 10, 1437, 360),
 }
 #: a forward pass costs about a third of a training step (forward + backward + update)

@@ -22,7 +22,7 @@ from .._checks import check_choice, check_keys, check_range
 #: then no longer match and are retrained instead of being silently reused.
 SCHEMA_VERSION = 1
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn", "digits")
+DATASETS = ("fashion_mnist", "mnist", "mnist5k", "cifar10", "svhn", "digits")
 ARCHS = ("mlp", "cnn", "resnet")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")

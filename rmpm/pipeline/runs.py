@@ -21,7 +21,8 @@ from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
 from .recipe import Recipe, dedupe
 from .store import EvalEntry, ModelEntry, Store
-from .train import TrainData, TrainResult, fit, prepare, resolve_device
+from .tasks import progress_bar, put_trained
+from .train import TrainData, fit, prepare, resolve_device
 
 ENGINES = ("auto", "single", "ensemble")
 
@@ -44,7 +45,7 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     trained = False
     if not store.has_model(recipe):
         data = data or prepare(recipe.dataset, dev)  # once, for training and its shapes
-        _put_trained(store, recipe, fit(recipe, dev, data=data), data)
+        put_trained(store, recipe, fit(recipe, dev, data=data), data)
         trained = True
     entry = store.model(recipe)
     skey = spec.key()
@@ -53,11 +54,6 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
         [(metrics, arrays)] = evaluate([model], recipe.dataset, spec, dev)
         store.put_eval(recipe, spec.to_dict(), skey, metrics, arrays)
     return RunResult(recipe, entry, store.eval(recipe, skey), trained)
-
-
-def _put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData) -> None:
-    store.put_model(recipe, res.model.state_dict(), res.metrics, res.history,
-                    data.in_shape, data.n_classes)
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
@@ -150,18 +146,18 @@ def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev
 
     # Phase 1: train what the store lacks, storing each model as soon as it is done.
     untrained = [r for r in todo if not store.has_model(r)]
-    bar = _bar(progress, len(untrained), f"training {len(untrained)} of {len(unique)} models")
+    bar = progress_bar(progress, len(untrained), f"training {len(untrained)} of {len(unique)} models")
     try:
         if engine == "ensemble":
             for group in group_recipes(untrained, max_group):
                 data = data_for(group[0].dataset)
                 for r, res in zip(group, fit_ensemble(group, dev, data=data)):
-                    _put_trained(store, r, res, data)
+                    put_trained(store, r, res, data)
                 bar.update(len(group))
         else:
             for r in untrained:
                 data = data_for(r.dataset)
-                _put_trained(store, r, fit(r, dev, data=data), data)
+                put_trained(store, r, fit(r, dev, data=data), data)
                 bar.update(1)
     finally:
         bar.close()
@@ -169,7 +165,7 @@ def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev
     # per chunk rather than once per model.
     skey = spec.key()
     need = [r for r in todo if not store.has_eval(r, skey)]
-    bar = _bar(progress, len(need), f"evaluating {len(need)} models")
+    bar = progress_bar(progress, len(need), f"evaluating {len(need)} models")
     try:
         for dataset in dict.fromkeys(r.dataset for r in need):
             same = [r for r in need if r.dataset == dataset]
@@ -187,21 +183,6 @@ def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev
     if summary:
         print(summary_table(results))
     return results
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(progress: bool, total: int, desc: str):
-    if not (progress and total):
-        return _NoBar()
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="model")
 
 
 def shard(recipes: Sequence[Recipe], index: int, count: int) -> list[Recipe]:

@@ -29,6 +29,7 @@ place, otherwise they are quarantined like any damaged entry.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -192,12 +193,28 @@ def _signature(d: Path) -> tuple:
 
 #: entry folder -> signature when it last passed :func:`check_entry` in this process
 _CHECKED: dict[str, tuple] = {}
+#: > 0 inside :func:`read_only`: damaged entries are reported, never moved
+_READ_ONLY = [0]
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Within the block, reads change nothing in any store: a damaged entry is still
+    refused (reported absent, or ``DamagedEntryError``) but stays where it is, and a
+    legacy entry gets no manifest. For checks a reader runs (``rmpm verify``)."""
+    _READ_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _READ_ONLY[0] -= 1
 
 
 def quarantine(d: Path, problems: list[str], reason: str = "damaged") -> Path | None:
     """Move entry ``d`` to ``<store>/quarantine/<kind>/`` (never delete it) and warn
     once, naming the entry and its files; returns where it went (None if another
-    process moved it first)."""
+    process moved it first, or inside :func:`read_only`, where nothing moves)."""
+    if _READ_ONLY[0]:
+        return None
     kind, root = kind_of(d), d.parent.parent.parent
     dest = root / QUARANTINE / kind / f"{d.name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +262,7 @@ def ensure_intact(d: Path, kind: str | None = None) -> bool:
     if problems:
         quarantine(d, problems)
         return False
-    if legacy:
+    if legacy and not _READ_ONLY[0]:
         try:  # upgrade in place; harmless if two processes do it at once
             _upgrade_legacy(d)
         except OSError:
@@ -295,7 +312,8 @@ def read_verified(d: Path, name: str) -> bytes:
         dest = quarantine(d, [problem])
         raise DamagedEntryError(
             f"store entry {kind_of(d)}/{d.parent.name}/{d.name} is damaged: {problem}; "
-            f"moved to {dest or 'quarantine'}. Rerun to recompute it "
+            + (f"moved to {dest or 'quarantine'}. " if not _READ_ONLY[0] else "left in place. ")
+            + "Rerun to recompute it "
             "(`python -m rmpm store verify` checks the whole store).")
     return data
 
@@ -369,10 +387,14 @@ def entry_digest(d: Path) -> str:
     timestamps): what derived results record about their inputs."""
     manifest = read_manifest(d)
     if manifest is None:
-        files = {f.name: sha256_file(f) for f in _entry_files(d)}
-    else:
-        files = {k: v["sha256"] for k, v in manifest["files"].items()}
-    files.pop("meta.json", None)
+        return files_digest({f.name: sha256_file(f) for f in _entry_files(d)})
+    return files_digest({k: v["sha256"] for k, v in manifest["files"].items()})
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """:func:`entry_digest` from an entry's ``{file name: SHA-256}`` (meta.json left out),
+    for entries not (yet) in a store folder, e.g. inside a result archive."""
+    files = {k: v for k, v in files.items() if k != "meta.json"}
     return sha256_bytes(json.dumps(files, sort_keys=True).encode())
 
 

@@ -1,0 +1,109 @@
+"""The units of work: train one recipe, evaluate trained models, each writing only
+to the store.
+
+Both the in-process loop (:mod:`rmpm.pipeline.runs`) and the Dask engine
+(:mod:`rmpm.pipeline.engine`) run these; they live apart from both so that the
+engine, which the loop calls, never imports the loop back. A task checks the
+process's compute mode first (:func:`rmpm.pipeline.determinism.enter`), reads and
+writes only the store, and returns keys, never models or arrays.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import determinism
+from .recipe import Recipe
+from .store import Store
+from .train import TrainData, TrainResult
+
+
+def put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData) -> None:
+    """Store a trained model with what is needed to rebuild it (input shape, classes)."""
+    store.put_model(recipe, res.model.state_dict(), res.metrics, res.history,
+                    data.in_shape, data.n_classes)
+
+
+_RESIDENT: dict[tuple[str, str], Any] = {}  # one data set kept per worker
+
+
+def worker_device(device: str):
+    """The torch device for this worker: on a multi-GPU machine, worker i uses GPU i mod n."""
+    import torch
+
+    from .train import resolve_device
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.device_count() > 1:
+        try:
+            from distributed import get_worker
+            name = get_worker().name
+            i = int(name) if str(name).isdigit() else abs(hash(name))
+        except (ImportError, ValueError):
+            i = 0
+        dev = torch.device("cuda", i % torch.cuda.device_count())
+    return dev
+
+
+def resident_data(dataset: str, dev) -> TrainData:
+    """The data set, normalised on ``dev``; one is kept between tasks of a worker."""
+    from .train import prepare
+    k = (dataset, str(dev))
+    if k not in _RESIDENT:
+        _RESIDENT.clear()
+        _RESIDENT[k] = prepare(dataset, dev)
+    return _RESIDENT[k]
+
+
+def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
+               deterministic: bool) -> list[str]:
+    """Train ``recipes`` (one, or one ensemble group) unless stored; returns their keys."""
+    from .ensemble import fit_ensemble
+    from .train import fit
+    determinism.enter(deterministic)
+    store = Store(store_root)
+    todo = [r for r in recipes if not store.has_model(r)]  # another client may have it now
+    if todo:
+        dev = worker_device(device)
+        data = resident_data(todo[0].dataset, dev)
+        if engine == "ensemble":
+            results = fit_ensemble(todo, dev, data=data)
+        else:
+            results = [fit(r, dev, data=data) for r in todo]
+        for r, res in zip(todo, results):
+            put_trained(store, r, res, data)
+    return [r.key() for r in recipes]
+
+
+def eval_task(recipes: list[Recipe], spec, store_root: str, device: str,
+              deterministic: bool) -> list[str]:
+    """Evaluate stored models of one data set under ``spec`` unless stored; returns keys.
+
+    Several models per task, so each corrupted test set is generated once per chunk
+    (the numbers do not depend on the chunk: each model is evaluated on its own).
+    """
+    from .evaluate import evaluate
+    determinism.enter(deterministic)
+    store = Store(store_root)
+    skey = spec.key()
+    todo = [r for r in recipes if not store.has_eval(r, skey)]
+    if todo:
+        dev = worker_device(device)
+        models = [store.model(r).load_model() for r in todo]
+        for r, (metrics, arrays) in zip(todo, evaluate(models, todo[0].dataset, spec, dev)):
+            store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
+    return [r.key() for r in recipes]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(progress: bool, total: int, desc: str):
+    """A tqdm bar counting models (a silent stand-in when off or empty)."""
+    if not (progress and total):
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="model")
