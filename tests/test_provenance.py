@@ -1,6 +1,7 @@
 """Per-figure provenance lines, added to executed notebooks by post-processing: the
 notebook (download link), the rmpm functions the figure's cell calls (resolved through
-the notebook's imports), the chapter's result file and digest, build and commit."""
+the notebook's imports), the chapter's result file and its content digest, build and
+commit. (tests/test_book_provenance.py checks them against a build's manifest.)"""
 import nbformat
 
 from rmpm.book import provenance as P
@@ -52,7 +53,7 @@ def test_every_figure_gets_one_line_and_only_figures():
     text = lines["fig-layers"]
     for part in ("{download}`03_rm_by_factor.ipynb <03_rm_by_factor.ipynb>`",
                  "`rmpm.book.factor_analysis.layer_intervals`, `rmpm.book.plots.layer_lines`",
-                 "result `03_rm_by_factor.json` (SHA-256 `abababababababab…`)",
+                 "result `03_rm_by_factor.json` (content SHA-256 `abababababababab…`)",
                  "build `20260101T000000-abcdef`", "commit `0123456789ab`"):
         assert part in text, part
     assert "np.mean" not in text and "kendalls_w" not in text
@@ -92,11 +93,12 @@ def test_a_book_build_annotates_its_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "kernel_name", lambda: "python3")
     B.run_notebooks("smoke", builds_dir=tmp_path / "builds")
     build = B.latest_build("smoke", tmp_path / "builds")
-    import hashlib
-    digest = hashlib.sha256((build.results_dir / "01_fig.json").read_bytes()).hexdigest()
+    from rmpm.book.manifest import values_digest
+    # the content digest, as the manifest lists it
+    digest = values_digest(json.loads((build.results_dir / "01_fig.json").read_text())["values"])
     lines = P.figure_lines(nbformat.read(tmp_path / "executed" / "01_fig.ipynb", as_version=4))
     assert set(lines) == {"fig-line"}
     text = lines["fig-line"]
-    assert f"SHA-256 `{digest[:16]}…`" in text and f"build `{build.id}`" in text
+    assert f"content SHA-256 `{digest[:16]}…`" in text and f"build `{build.id}`" in text
     assert "`rmpm.book.records.save`" in text
     assert json.loads((build.dir / B.STATUS).read_text())["notebooks"]["01_fig"]["state"] == "ran"

@@ -140,11 +140,13 @@ def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = 
 
 
 @contextmanager
-def build_env(b: Build) -> Iterator[Build]:
+def build_env(b: Build, commit: str | None = None) -> Iterator[Build]:
     """Point this process (and the notebook kernels it starts, which inherit the
-    environment) at the build's results folder."""
+    environment) at the build's results folder; with ``commit``, tell them the commit
+    the build runs from (``RMPM_COMMIT``, for the verdicts' provenance)."""
     from ..pipeline.engine import environ
-    with environ({"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}):
+    env = {"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}
+    with environ({**env, "RMPM_COMMIT": commit} if commit else env):
         yield b
 
 
@@ -233,7 +235,7 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     _write_status(build, status)
     timings = {}
     params = {"profile": p.name}
-    with build_env(build):
+    with build_env(build, commit):
         for nb in nbs:
             print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
                   flush=True)
@@ -286,12 +288,12 @@ def git_commit() -> str:
 def annotate_figures(out: Path, name: str, build: Build, commit: str) -> None:
     """Under every numbered figure of executed notebook ``out``, its provenance line
     (:mod:`rmpm.book.provenance`): this notebook, the rmpm functions the cell calls,
-    the chapter's result file and digest, the build and the commit."""
+    the chapter's result file and its content digest (the manifest's), the build and
+    the commit."""
     import nbformat
 
-    from . import records
-    from .provenance import add_figure_provenance
-    digest = records.digests().get(name)
+    from .provenance import add_figure_provenance, result_digest
+    digest = result_digest(build.results_dir / f"{name}.json")
     nb = add_figure_provenance(nbformat.read(out, as_version=4), name,
                                name if digest else None, digest, build.id, commit)
     atomic_write_text(out, nbformat.writes(nb))
@@ -443,6 +445,7 @@ def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
 
     from . import records
     from .populations import eval_spec
+    from .provenance import result_digests
     p = p or get_profile(info["profile"])
     lines = [
         "# Reproducibility", "",
@@ -483,18 +486,61 @@ def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
     where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
              if info.get("build") else f"`{records.results_dir()}`")
+    content = result_digests()
     lines += [f"| **total** | **{info['total_s']:.1f}** |", "",
               "## Result files", "",
               f"Every number in the Claims page is read from one of these files ({where}; "
               "runs outside a book build write elsewhere and cannot change them); the build "
-              "that wrote each, and their SHA-256 digests:", "",
-              "| result | written by build | SHA-256 |", "|---|---|---|"]
-    lines += [f"| {k} | `{records.load(k).get('build', '?')}` | `{v}` |"
+              "that wrote each, and two digests: the **content** SHA-256 of its values, "
+              "which the manifest lists, `rmpm verify` compares and every provenance line "
+              "names, and the SHA-256 of the file, which also covers when it was written "
+              "(so it differs between two builds of the same numbers):", "",
+              "| result | written by build | content SHA-256 | file SHA-256 |",
+              "|---|---|---|---|"]
+    lines += [f"| {k} | `{records.load(k).get('build', '?')}` | `{content.get(k)}` | `{v}` |"
               for k, v in records.digests().items()]
     lines += ["", "Trained models and evaluations live in the content-addressed store "
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]
+    lines += backlinks_section(info)
     return "\n".join(lines)
+
+
+def backlinks_section(info: dict[str, Any]) -> list[str]:
+    """The page's table of every numbered figure and every verdict, each linked to where
+    it stands in the book, with what computed it and the result file it depends on
+    (what its provenance line says; :mod:`rmpm.book.provenance`)."""
+    from .claims import verdict_provenance
+    from .provenance import BACKLINKS_TITLE, figure_records, verdict_anchor
+    figures = figure_records([paths.executed_dir() / p.name for p in notebook_paths()])
+    verdicts = verdict_provenance(info.get("build"), info.get("git_commit"))
+    if not figures and not verdicts:
+        return []
+
+    def digest(d: str | None) -> str:
+        return f"`{d[:16]}…`" if d else "not written"
+    lines = [f"## {BACKLINKS_TITLE}", "",
+             "Every numbered figure has a provenance line under it, and every verdict on the "
+             "Claims page one in its row: the notebook (with its executed `.ipynb` to "
+             "download), the `rmpm` functions that computed it, the result file it depends on "
+             "and that file's content SHA-256 (as in the manifest), the build and the commit. "
+             "They are all listed here, each linked to where it stands:", "",
+             "| figure or verdict | chapter | computed by | result | content SHA-256 |",
+             "|---|---|---|---|---|"]
+    for f in figures:
+        calls = ", ".join(f"`{c}`" for c in f.get("calls") or []) or "(no rmpm call)"
+        result, sha = ((f"`{f['result']}.json`", digest(f.get("digest"))) if f.get("result")
+                       else ("none (the chapter saves no result)", ""))
+        lines.append(f"| {{numref}}`{f['figure']}` | [{f['notebook']}](../_executed/"
+                     f"{f['notebook']}.ipynb) | {calls} | {result} | {sha} |")
+    for c, v in verdicts.items():
+        # a raw link: a table row cannot carry a Sphinx label
+        link = f'<a href="../_executed/08_claims.html#{verdict_anchor(c)}">verdict {c}</a>'
+        lines.append(f"| {link} | [{v['chapter']}](../_executed/{v['chapter']}.ipynb), "
+                     f"[08_claims](../_executed/08_claims.ipynb) | evidence `{v['evidence']}`; "
+                     f"rule {', '.join(f'`{r}`' for r in v['rules'])} | `{v['result']}.json` | "
+                     f"{digest(v['digest'])} |")
+    return lines + [""]
 
 
 def execution_section(info: dict[str, Any]) -> list[str]:

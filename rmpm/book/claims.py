@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import decisions
 from .decisions import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
     ExcessDisagreement, direction_holds
 
@@ -261,6 +262,12 @@ def verdict_c4(ev: C4Evidence | None, alpha: float = ALPHA) -> Verdict:
 
 
 RULES = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4}
+#: the decision rule behind each verdict function, on arrays (what the calibration runs)
+LEVEL_RULES = {"C1": c1_level, "C2": c2_level, "C3": c3_level, "C4": c4_level}
+#: the function each claim's chapter computes its evidence with (tests/test_book_provenance.py
+#: checks that the chapter's notebook calls it)
+EVIDENCE_FUNCTIONS = {"C1": decisions.c1_evidence, "C2": decisions.c2_evidence,
+                      "C3": decisions.c3_evidence, "C4": decisions.c4_evidence}
 
 
 #: every chapter whose result file the Claims page reads (all but chapter 1's check)
@@ -372,3 +379,48 @@ def observed_effects(evidence: dict[str, Any]) -> dict[str, float]:
     if e4 is not None and e4.iid.estimate > 0:
         out["C4"] = float(e4.iid.estimate)
     return out
+
+
+# -- where each verdict came from ---------------------------------------------------------
+
+def verdict_provenance(build: str | None = None, commit: str | None = None,
+                       results_dir=None) -> dict[str, dict[str, Any]]:
+    """Per claim, where its verdict comes from: the chapter whose notebook computed the
+    evidence, the evidence function, the rules (the verdict function and its decision
+    rule on arrays), the chapter's result file and its content digest (as the manifest
+    lists it), the build and the commit (default: the current build's,
+    :func:`rmpm.book.records.current_build` and
+    :func:`rmpm.book.provenance.current_commit`)."""
+    from . import records
+    from .provenance import current_commit, qualname, result_digests
+    digests = result_digests(results_dir)
+    build = build or records.current_build()
+    commit = commit or current_commit()
+    return {c: {"chapter": chapter, "evidence": qualname(EVIDENCE_FUNCTIONS[c]),
+                "rules": [qualname(RULES[c]), qualname(LEVEL_RULES[c])],
+                "result": chapter, "digest": digests.get(chapter), "build": build,
+                "commit": commit}
+            for c, chapter in CHAPTER.items()}
+
+
+def _cell(text: str) -> str:
+    # a Markdown table cell: one line, no column separators
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def verdict_table(verdicts: list[Verdict], provenance: dict[str, dict[str, Any]]) -> str:
+    """The Claims page's verdict table as MyST Markdown: claim, verdict, result, why,
+    and where the verdict came from (:func:`verdict_provenance`, one
+    :func:`rmpm.book.provenance.verdict_line` per row). Each row carries the HTML id the
+    reproducibility page links to (:func:`rmpm.book.provenance.verdict_anchor`)."""
+    from .provenance import verdict_anchor, verdict_line
+    rows = ["| claim | verdict | result | evidence | provenance |", "|---|---|---|---|---|"]
+    for v in verdicts:
+        key = v.claim.split(":")[0]
+        pv = provenance[key]
+        where = verdict_line(pv["chapter"], pv["evidence"], pv["rules"], pv["result"],
+                             pv["digest"], pv["build"], pv["commit"])
+        rows.append(f'| <span id="{verdict_anchor(key)}"></span>{_cell(v.claim)} | '
+                    f"**{_cell(v.verdict)}** | {_cell(v.result)} | {_cell(v.evidence)} | "
+                    f"{_cell(where)} |")
+    return "\n".join(rows)

@@ -1,23 +1,35 @@
-"""Where each figure of the book came from: a compact line under every numbered figure.
+"""Where each figure and verdict of the book came from.
 
-A post-processing step of the executed notebooks (like
-:func:`rmpm.book.build.show_parameters`), so no notebook carries it in its source.
-Under every captioned figure cell (``mystnb.figure``) it adds a small markdown cell
-naming:
+Under every numbered figure (a captioned ``mystnb.figure`` cell) a post-processing
+step of the executed notebooks (like :func:`rmpm.book.build.show_parameters`, so no
+notebook carries it in its source) adds a compact markdown line; every row of the
+Claims page's verdict table carries the same kind of line
+(:func:`rmpm.book.claims.verdict_provenance`). A line names:
 
 - the notebook, with a download link to the executed ``.ipynb``;
-- the ``rmpm`` functions the figure's cell calls, read from the cell's source and
-  resolved through the notebook's imports (``from rmpm.book import plots as P`` makes
-  ``P.rm_by_layer(...)`` ``rmpm.book.plots.rm_by_layer``);
-- the chapter's result file and its SHA-256 (:func:`rmpm.book.records.digests`, the
-  digests the reproducibility page lists);
+- the ``rmpm`` functions that computed it: for a figure, those its cell calls, read
+  from the cell's source and resolved through the notebook's imports (``from
+  rmpm.book import plots as P`` makes ``P.rm_by_layer(...)``
+  ``rmpm.book.plots.rm_by_layer``); for a verdict, the evidence function and the rule;
+- the chapter's result file and its **content digest**: the SHA-256 of the file's
+  ``values`` (:func:`rmpm.book.manifest.values_digest`), the digest the build's
+  ``manifest.json`` lists and ``rmpm verify`` compares. Not the file's own SHA-256,
+  which also covers the time the file was written, so it differs between two builds
+  of the same numbers;
 - the build id and the git commit.
+
+:func:`check_lines` compares lines with a manifest and :func:`check_html_book` checks a
+built book: every figure has its line, every verdict row its provenance, every digest
+matches the manifest, and the reproducibility page links back to all of them.
 """
 from __future__ import annotations
 
 import ast
 import copy
+import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 #: marks the added cells, so adding twice replaces rather than duplicates
@@ -85,25 +97,79 @@ def _position(source: str, name: str) -> int:
     return i if i >= 0 else len(source)
 
 
+def result_digest(path: str | Path) -> str | None:
+    """The content digest of result file ``path`` (None if it is not there): the
+    SHA-256 of its ``values`` as :func:`rmpm.book.manifest.values_digest` computes it."""
+    from .manifest import values_digest
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    return values_digest(doc.get("values"))
+
+
+def result_digests(results_dir: str | Path | None = None) -> dict[str, str]:
+    """Result name -> content digest, for every result file in ``results_dir``
+    (default: :func:`rmpm.book.records.results_dir`, the current build's)."""
+    from . import records
+    d = Path(results_dir) if results_dir is not None else records.results_dir()
+    return {p.stem: result_digest(p) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+
+
+def current_commit() -> str:
+    """The commit a book build runs from (``RMPM_COMMIT``, which the build passes to its
+    kernels, so that every line of one build names the same commit), else the checkout's."""
+    from .build import git_commit
+    return os.environ.get("RMPM_COMMIT") or git_commit()
+
+
+def qualname(fn: Any) -> str:
+    """``module.name`` of a function, as the lines print it."""
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _download(notebook: str) -> str:
+    return f"{{download}}`{notebook}.ipynb <{notebook}.ipynb>`"
+
+
+def _result(result: str | None, digest: str | None) -> str:
+    return f"result `{result}.json`" + (f" (content SHA-256 `{digest[:16]}…`)" if digest
+                                        else " (not written)")
+
+
+def _build_commit(build: str, commit: str) -> list[str]:
+    sha, _, note = commit.partition(" ")  # e.g. "<sha> (with uncommitted changes)"
+    return [f"build `{build}`", f"commit `{sha[:12]}`" + (f" {note}" if note else "")]
+
+
 def line(notebook: str, calls: list[str], result: str | None, digest: str | None,
          build: str, commit: str) -> str:
-    """The markdown of one provenance line."""
-    parts = [f"notebook {{download}}`{notebook}.ipynb <{notebook}.ipynb>`"]
+    """The markdown of a figure's provenance line."""
+    parts = [f"notebook {_download(notebook)}"]
     if calls:
         parts.append("computed by " + ", ".join(f"`{c}`" for c in calls))
     if result is not None:
-        parts.append(f"result `{result}.json`"
-                     + (f" (SHA-256 `{digest[:16]}…`)" if digest else " (not written)"))
-    parts.append(f"build `{build}`")
-    sha, _, note = commit.partition(" ")  # e.g. "<sha> (with uncommitted changes)"
-    parts.append(f"commit `{sha[:12]}`" + (f" {note}" if note else ""))
+        parts.append(_result(result, digest))
+    parts += _build_commit(build, commit)
+    return "<small>Provenance: " + " · ".join(parts) + "</small>"
+
+
+def verdict_line(chapter: str, evidence: str, rules: list[str], result: str | None,
+                 digest: str | None, build: str, commit: str) -> str:
+    """The markdown of a verdict's provenance (a cell of the Claims page's table): the
+    chapter that computed the evidence, the evidence function, the rule(s), the
+    chapter's result file and digest, build and commit."""
+    parts = [f"notebook {_download(chapter)}", f"evidence `{evidence}`",
+             "rule " + ", ".join(f"`{r}`" for r in rules), _result(result or chapter, digest),
+             *_build_commit(build, commit)]
     return "<small>Provenance: " + " · ".join(parts) + "</small>"
 
 
 def add_figure_provenance(nb: Any, notebook: str, result: str | None, digest: str | None,
                           build: str, commit: str) -> Any:
     """A copy of executed notebook ``nb`` with a provenance line after every captioned
-    figure cell (earlier provenance cells replaced)."""
+    figure cell (earlier provenance cells replaced). Each added cell also holds what
+    its line says, as metadata (``rmpm``), for the reproducibility page."""
     import nbformat
     nb = copy.deepcopy(nb)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
@@ -115,10 +181,12 @@ def add_figure_provenance(nb: Any, notebook: str, result: str | None, digest: st
         cells.append(cell)
         fig = cell.metadata.get("mystnb", {}).get("figure") if cell.cell_type == "code" else None
         if fig:
-            md = nbformat.v4.new_markdown_cell(
-                line(notebook, rmpm_calls(cell.source, imports), result, digest, build, commit))
+            calls = rmpm_calls(cell.source, imports)
+            md = nbformat.v4.new_markdown_cell(line(notebook, calls, result, digest, build, commit))
             md.metadata["tags"] = [TAG]
-            md.metadata["rmpm"] = {"figure": fig.get("name")}
+            md.metadata["rmpm"] = {"figure": fig.get("name"), "notebook": notebook,
+                                   "calls": calls, "result": result, "digest": digest,
+                                   "build": build, "commit": commit}
             cells.append(md)
     nb.cells = cells
     return nb
@@ -128,3 +196,222 @@ def figure_lines(nb: Any) -> dict[str, str]:
     """Figure name -> its provenance line, in an annotated notebook (for checks)."""
     return {c.metadata["rmpm"]["figure"]: c.source for c in nb.cells
             if TAG in c.metadata.get("tags", []) and c.metadata.get("rmpm", {}).get("figure")}
+
+
+def figure_records(executed: list[Path]) -> list[dict[str, Any]]:
+    """What the provenance line of every numbered figure in the executed notebooks
+    ``executed`` says (in their order, then the order of the figures), for the
+    reproducibility page."""
+    import nbformat
+    out = []
+    for path in executed:
+        if not Path(path).is_file():
+            continue
+        for c in nbformat.read(path, as_version=4).cells:
+            meta = c.metadata.get("rmpm", {})
+            if TAG in c.metadata.get("tags", []) and meta.get("figure"):
+                out.append({"notebook": path.stem, **meta})
+    return out
+
+
+# -- checking lines against a manifest -----------------------------------------------
+
+_ROLE = re.compile(r"\{download\}`([^`<]*?)\s*<[^`>]*>`")
+_FIELDS = {
+    "notebook": re.compile(r"notebook (\S+?)\.ipynb"),
+    "result": re.compile(r"result (\S+?)\.json"),
+    "digest": re.compile(r"content SHA-256 ([0-9a-f]{16})…"),
+    "build": re.compile(r"build (\S+)"),
+    "commit": re.compile(r"commit ([0-9a-f]{12}|unknown)"),
+}
+
+
+def plain(text: str) -> str:
+    """A line as a reader reads it: download roles by their text, no backticks or tags."""
+    text = _ROLE.sub(r"\1", text)
+    text = re.sub(r"</?small>", "", text).replace("`", "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def parse_line(text: str) -> dict[str, str | None]:
+    """The fields a provenance line (markdown, or the text of its rendered HTML) names;
+    None for a field it does not name."""
+    t = plain(text)
+    out = {k: (m.group(1) if (m := rx.search(t)) else None) for k, rx in _FIELDS.items()}
+    out["provenance"] = t.startswith("Provenance:")
+    out["not_written"] = "(not written)" in t
+    return out
+
+
+def check_lines(lines: dict[str, str], manifest: dict[str, Any],
+                builds: dict[str, str] | None = None) -> list[str]:
+    """What is wrong with provenance ``lines`` (where -> text) against a build's
+    ``manifest``: a line that is not one, a result the manifest does not list, a digest
+    that is not the manifest's content digest of that result, a build or a commit that
+    is not the manifest's. ``builds`` (notebook -> build id) names the build that ran a
+    notebook that an ``--only`` build reused (its lines name that build)."""
+    env = manifest.get("environment") or {}
+    want_commit = (env.get("git_commit") or "unknown").split(" ")[0][:12]
+    problems = []
+    for where, text in lines.items():
+        f = parse_line(text)
+        bad = []
+        if not f["provenance"]:
+            bad.append("no provenance line")
+        if f["result"] is not None:
+            listed = manifest.get("results", {}).get(f["result"])
+            if listed is None:
+                bad.append(f"result {f['result']} is not in the manifest")
+            elif f["digest"] is None:
+                bad.append(f"no digest for result {f['result']}")
+            elif not listed["digest"].startswith(f["digest"]):
+                bad.append(f"digest {f['digest']} of {f['result']} is not the manifest's "
+                           f"{listed['digest'][:16]}")
+        build = (builds or {}).get(f["notebook"] or "", env.get("build"))
+        if f["build"] != build:
+            bad.append(f"build {f['build']}, the manifest's is {build}")
+        if f["commit"] != want_commit:
+            bad.append(f"commit {f['commit']}, the manifest's is {want_commit}")
+        problems += [f"{where}: {b}" for b in bad]
+    return problems
+
+
+# -- checking a built book -------------------------------------------------------------
+
+#: the reproducibility page's section that links back to every figure and verdict
+BACKLINKS_TITLE = "Where every figure and verdict came from"
+
+
+def verdict_anchor(claim: str) -> str:
+    """The HTML id of claim ``claim``'s row on the Claims page (what the reproducibility
+    page links to)."""
+    return f"verdict-{claim.lower()}"
+
+
+def _is_line(tag) -> bool:
+    return tag.name == "small" and tag.get_text().strip().startswith("Provenance:")
+
+
+def _target(page: Path, href: str) -> tuple[Path, str]:
+    from urllib.parse import unquote, urlsplit
+    u = urlsplit(href)
+    return (page.parent / unquote(u.path)).resolve() if u.path else page.resolve(), u.fragment
+
+
+def check_html_book(html: str | Path, manifest: dict[str, Any],
+                    builds: dict[str, str] | None = None,
+                    claims: tuple[str, ...] = ("C1", "C2", "C3", "C4")) -> dict[str, Any]:
+    """Check a built book (``_build/html``) against its build's ``manifest``: every
+    numbered figure of every chapter is followed by its provenance line, whose download
+    link leads to that chapter's executed notebook; every verdict row of the Claims page
+    carries its provenance; every digest, build and commit a line names is the
+    manifest's (:func:`check_lines`); and the reproducibility page links back to every
+    figure and verdict, each link landing on an element of its page. Returns the
+    numbers checked and the problems found (empty when all is well)."""
+    from bs4 import BeautifulSoup
+    html = Path(html)
+    soups: dict[Path, Any] = {}
+
+    def soup(path: Path):
+        if path not in soups:
+            soups[path] = BeautifulSoup(path.read_text(), "html.parser")
+        return soups[path]
+
+    problems: list[str] = []
+    lines: dict[str, str] = {}
+    figures: set[tuple[Path, str]] = set()
+    pages = sorted((html / "book" / "_executed").glob("*.html"))
+    if not pages:
+        problems.append(f"no chapter pages under {html / 'book' / '_executed'}")
+    for page in pages:
+        items = soup(page).find_all(lambda t: t.name == "figure" or _is_line(t))
+        for i, t in enumerate(items):
+            if t.name != "figure" or not (t.get("id") or "").startswith("fig-"):
+                continue
+            where = f"{page.stem}#{t['id']}"
+            figures.add((page.resolve(), t["id"]))
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if nxt is None or nxt.name == "figure":
+                problems.append(f"{where}: no provenance line under the figure")
+                continue
+            lines[where] = nxt.get_text()
+            problems += _check_download(page, nxt, page.stem, where)
+    verdicts: set[tuple[Path, str]] = set()
+    claims_page = html / "book" / "_executed" / "08_claims.html"
+    if claims_page.is_file():
+        for c in claims:
+            where = f"08_claims#{verdict_anchor(c)}"
+            anchor = soup(claims_page).find(id=verdict_anchor(c))
+            row = anchor.find_parent("tr") if anchor is not None else None
+            line_tag = row.find(_is_line) if row is not None else None
+            if line_tag is None:
+                problems.append(f"{where}: no verdict row with a provenance line")
+                continue
+            verdicts.add((claims_page.resolve(), verdict_anchor(c)))
+            lines[where] = line_tag.get_text()
+            chapter = parse_line(lines[where])["notebook"] or "?"
+            problems += _check_download(claims_page, line_tag, chapter, where)
+    else:
+        problems.append(f"no Claims page at {claims_page}")
+    problems += check_lines(lines, manifest, builds)
+    linked = _check_backlinks(html / "book" / "_generated" / "reproducibility.html", soup,
+                              manifest, problems)
+    for page, anchor in sorted((figures | verdicts) - linked):
+        problems.append(f"reproducibility page: no link back to {page.stem}#{anchor}")
+    return {"figures": len(figures), "verdicts": len(verdicts), "lines": len(lines),
+            "backlinks": len(linked), "problems": problems}
+
+
+def _check_download(page: Path, tag, notebook: str, where: str) -> list[str]:
+    a = tag.find("a", class_="download")
+    if a is None:
+        return [f"{where}: no download link"]
+    target, _ = _target(page, a.get("href", ""))
+    if target.name != f"{notebook}.ipynb":
+        return [f"{where}: the download link leads to {target.name}, not {notebook}.ipynb"]
+    if not target.is_file():
+        return [f"{where}: the download link's file {target} is not in the book"]
+    try:
+        nb = json.loads(target.read_text())
+    except ValueError:
+        return [f"{where}: {target.name} is not a notebook"]
+    if not nb.get("metadata", {}).get("papermill"):
+        return [f"{where}: {target.name} is not an executed notebook"]
+    return []
+
+
+def _check_backlinks(page: Path, soup, manifest: dict[str, Any],
+                     problems: list[str]) -> set[tuple[Path, str]]:
+    """The (page, anchor) pairs the reproducibility page's back-link table reaches;
+    adds to ``problems`` every link that lands nowhere and every digest that is not
+    the manifest's."""
+    if not page.is_file():
+        problems.append(f"no reproducibility page at {page}")
+        return set()
+    heading = soup(page).find(lambda t: t.name in ("h1", "h2", "h3")
+                              and t.get_text().strip().rstrip("#").strip() == BACKLINKS_TITLE)
+    table = heading.find_next("table") if heading is not None else None
+    if table is None:
+        problems.append(f"reproducibility page: no table under '{BACKLINKS_TITLE}'")
+        return set()
+    reached = set()
+    results = manifest.get("results", {})
+    for row in table.find("tbody").find_all("tr"):
+        cells = row.find_all("td")
+        a = cells[0].find("a") if cells else None
+        if a is None:
+            problems.append(f"reproducibility page: a row without a link: {row.get_text(' ')[:80]}")
+            continue
+        target, anchor = _target(page, a.get("href", ""))
+        if not target.is_file() or not anchor or soup(target).find(id=anchor) is None:
+            problems.append(f"reproducibility page: the link {a.get('href')} lands nowhere")
+            continue
+        reached.add((target, anchor))
+        # the last two columns: the result file and its content digest
+        m = re.fullmatch(r"(\S+)\.json", plain(cells[-2].get_text()))
+        d = re.fullmatch(r"([0-9a-f]{16})…", plain(cells[-1].get_text()))
+        if m and (m.group(1) not in results or d is None
+                  or not results[m.group(1)]["digest"].startswith(d.group(1))):
+            problems.append(f"reproducibility page: the digest of {m.group(1)} in the row of "
+                            f"{target.stem}#{anchor} is not the manifest's")
+    return reached
