@@ -108,3 +108,56 @@ def test_book_config_uses_the_bibliography_and_ends_with_it():
     assert toc["parts"][-1]["chapters"][-1]["file"] == "book/references"
     page = (ROOT / "book" / "references.md").read_text()
     assert re.search(r"```\{bibliography\}\n:all:\n```", page)
+
+
+#: What each chapter must cite because it uses it: its methods, data sets and tests (a
+#: chapter that keeps describing a method but drops its citation fails here).
+CHAPTER_CITES = {
+    "00_methods": {"raghu2017svcca", "morcos2018insights", "kornblith2019similarity",
+                   "song2012feature", "nguyen2021wide", "marx2020predictive", "hsu2022rashomon",
+                   "mu2019mnistc", "hendrycks2019benchmarking", "lecun1998gradient",
+                   "xiao2017fashion", "raschka2018mlxtend", "alpaydin1998optical",
+                   "kendall1939problem", "winkler2014permutation", "freedman1983nonstochastic",
+                   "diciccio2017robust", "heljakka2023disentangling"},
+    "01_svcca_checked": {"raghu2017svcca", "morcos2018insights", "kornblith2019similarity",
+                         "song2012feature", "nguyen2021wide"},
+    "02_populations": {"raghu2017svcca", "marx2020predictive", "heljakka2023disentangling"},
+    "03_rm_by_factor": {"raghu2017svcca", "kendall1939problem", "friedman1937use",
+                        "phipson2010permutation", "winkler2014permutation",
+                        "kornblith2019similarity", "song2012feature", "nguyen2021wide",
+                        "morcos2018insights", "heljakka2023disentangling"},
+    "04_pm_iid_ood": {"marx2020predictive", "mu2019mnistc", "hendrycks2019benchmarking",
+                      "heljakka2023disentangling"},
+    "05_rm_vs_pm": {"raghu2017svcca", "marx2020predictive", "diciccio2017robust",
+                    "heljakka2023disentangling"},
+    "06_finite_samples": {"raghu2017svcca", "freedman1983nonstochastic", "diciccio2017robust",
+                          "jiang2022assessing", "heljakka2023disentangling"},
+    "07_exposing_multiplicity": {"raghu2017svcca", "marx2020predictive", "hsu2022rashomon",
+                                 "heljakka2023disentangling"},
+    "08_claims": {"winkler2014permutation", "freedman1983nonstochastic", "diciccio2017robust",
+                  "holm1979simple", "heljakka2023disentangling"},
+}
+#: an author-year reference typed as plain text ("Raghu et al. 2017", "Marx & Ustun 2020")
+PLAIN_REFERENCE = re.compile(r"\b[A-Z][a-z]+ (?:et al\.|&|and [A-Z][a-z]+)[^.`]{0,30}?\b(?:19|20)\d\d\b")
+
+
+def _markdown(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_every_chapter_cites_what_it_uses_with_roles():
+    chapters = {p.stem: _markdown(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    assert set(chapters) == set(CHAPTER_CITES), "a chapter without its list of citations"
+    missing = {name: sorted(CHAPTER_CITES[name] - cited_keys(text))
+               for name, text in chapters.items() if CHAPTER_CITES[name] - cited_keys(text)}
+    assert not missing, f"chapters that do not cite what they use: {missing}"
+    plain = {name: PLAIN_REFERENCE.findall(text) for name, text in chapters.items()
+             if PLAIN_REFERENCE.search(text)}
+    assert not plain, f"references typed as text, not cited with a role: {plain}"
+
+
+def test_the_plain_reference_pattern_catches_typed_references():
+    assert PLAIN_REFERENCE.search("SVCCA (Raghu et al. 2017): centre")
+    assert PLAIN_REFERENCE.search("relative to a model (Marx, Calmon & Ustun 2020)")
+    assert not PLAIN_REFERENCE.search("SVCCA {cite:p}`raghu2017svcca`: centre; 2017 models")
