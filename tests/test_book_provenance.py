@@ -100,7 +100,7 @@ def test_the_lines_of_a_build_match_its_manifest(built):
         rows = "\n".join(B.backlinks_section({"build": build.id, "git_commit": B.git_commit()}))
     for fig in ("fig-one", "fig-two", "fig-three"):
         assert f"| {{numref}}`{fig}` |" in rows
-    assert rows.count(f"`{content[:16]}…`") == 2
+    assert rows.count(f">{content[:16]}…</code>") == 2
     for claim in C.CHAPTER:  # no chapter of this build wrote a claim's result
         assert f'08_claims.html#{P.verdict_anchor(claim)}">verdict {claim}</a>' in rows
     assert rows.count("not written") == len(C.CHAPTER)
@@ -151,11 +151,17 @@ def test_verdict_rows_carry_their_provenance(tmp_path):
     assert len(table) == 2 + len(C.CLAIMS)
     row = table[2]
     assert row.startswith('| <span id="verdict-c1"></span>C1: ')
-    assert "a \\| b" in row and row.count(" | ") == 4  # the pipe in the text is escaped
+    assert "a \\| b" in row and row.count(" | ") == 3  # the pipe in the text is escaped
+    assert "**not evidence** <br>why" in row
     assert "{download}`03_rm_by_factor.ipynb <03_rm_by_factor.ipynb>`" in row
-    assert "`rmpm.book.decisions.c1_evidence`" in row and "`rmpm.book.claims.c1_level`" in row
-    assert "commit `0123456789ab` (with uncommitted changes)" in row
-    assert P.check_lines({"C1": row.split(" | ")[4], "C2": table[3].split(" | ")[4]},
+    text = P.plain(row)
+    assert "evidence rmpm.book.decisions.c1_evidence rule rmpm.book.claims.verdict_c1, " \
+           "rmpm.book.claims.c1_level result 03_rm_by_factor.json (content SHA-256 " \
+           f"{prov['C1']['digest'][:16]}…) build b-1 commit 0123456789ab " \
+           "(with uncommitted changes)" in text
+    # dotted names may break after their dots in the narrow column
+    assert "rmpm.<wbr>book.<wbr>decisions.<wbr>c1_evidence" in row
+    assert P.check_lines({"C1": row.split(" | ")[3], "C2": table[3].split(" | ")[3]},
                          manifest) == [
         "C2: result 06_finite_samples is not in the manifest"]
 
@@ -206,8 +212,8 @@ def _fake_book(root, manifest, *, drop_line=False, backlink_to="fig-a"):
         + "</td></tr></tbody></table>")
     rows = "".join(
         f'<tr><td><a href="../_executed/{page}.html#{anchor}">x</a></td><td>01_figs</td>'
-        f"<td><code>f</code></td><td><code>01_figs.json</code></td>"
-        f"<td><code>{digest[:16]}…</code></td></tr>"
+        f"<td><code>f</code></td><td><code>01_figs.<wbr>json</code> "
+        f"<code>{digest[:16]}…</code></td></tr>"
         for page, anchor in (("01_figs", backlink_to), ("01_figs", "fig-b"),
                              ("08_claims", "verdict-c1")))
     (gen / "reproducibility.html").write_text(
@@ -227,6 +233,7 @@ def test_the_book_checker_passes_a_good_book(tmp_path, manifest):
     report = P.check_html_book(tmp_path / "html", manifest, claims=("C1",))
     assert report["problems"] == []
     assert (report["figures"], report["verdicts"], report["backlinks"]) == (2, 1, 3)
+    assert report["lines_with_digest"] == report["backlinks_with_digest"] == 3
 
 
 def test_the_book_checker_finds_what_is_wrong(tmp_path, manifest):
@@ -269,6 +276,9 @@ def test_the_built_book_carries_provenance_that_matches_its_manifest():
     assert report["verdicts"] == len(C.CLAIMS)
     assert report["backlinks"] == report["figures"] + report["verdicts"]
     assert report["lines"] == report["figures"] + report["verdicts"]
+    # the page names the same digests as the lines (every claim's chapter ran, so every
+    # verdict names one)
+    assert report["backlinks_with_digest"] == report["lines_with_digest"] >= report["verdicts"]
     # every result a line names has the content digest of the build's own result file
     with B.build_env(B.Build(manifest["environment"]["profile"], manifest["environment"]["build"],
                              B.builds_root() / manifest["environment"]["profile"]

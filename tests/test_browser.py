@@ -3,7 +3,10 @@ Playwright (``make check-browser``; no browser is downloaded).
 
 1. Every page of the built book loads from file:// with the network blocked, with no
    console error, every image loaded, every formula typeset by the MathJax shipped
-   with the book, and the navigation reaching every chapter.
+   with the book, and the navigation reaching every chapter. The references page lists
+   every entry of book/references.bib and every citation lands on its entry; figures
+   and the Claims page's verdicts show their provenance, and the reproducibility page's
+   links back land on them.
 2. JupyterLab opens a chapter on the project kernel "Python (rmpm)", runs all its
    cells from the Run menu, and shows no error output.
 
@@ -223,6 +226,84 @@ def test_chapters_show_one_parameter_table_and_numbered_figures(browser, book_ht
             page.wait_for_url(re.compile(r"#fig-"))
             _screenshot(page, "book_numbered_figure")
     assert figures > 0, "no numbered figures in the book"
+    ctx.close()
+
+
+# --- references and provenance ---------------------------------------------------------------
+
+def test_citations_lead_to_the_references_page(browser, book_html):
+    """The references page lists every entry of book/references.bib, every chapter cites
+    some, and every citation link lands on its entry."""
+    from pybtex.database import parse_file
+    n_entries = len(parse_file(str(paths.repo_root() / "book" / "references.bib")).entries)
+    ctx = _offline_context(browser)
+    page = ctx.new_page()
+    refs = (book_html / "book" / "references.html").resolve()
+    page.goto(refs.as_uri())
+    ids = set(page.eval_on_selector_all("div.citation[role='doc-biblioentry']",
+                                        "es => es.map(e => e.id)"))
+    assert len(ids) == n_entries, f"{len(ids)} entries shown, {n_entries} in references.bib"
+    _screenshot(page, "references_page")
+    uncited = []
+    for rel in toc_pages():
+        if "_executed/" not in rel and not rel.endswith("intro.html"):
+            continue
+        page.goto((book_html / rel).as_uri())
+        hrefs = page.eval_on_selector_all("span.bibtex-citation a.reference.internal",
+                                          "as => as.map(a => a.href)")
+        if not hrefs:
+            uncited.append(rel)
+        for h in hrefs:
+            target, _, anchor = h.partition("#")
+            assert Path(target.removeprefix("file://")).resolve() == refs, (rel, h)
+            assert anchor in ids, f"{rel}: citation {h} has no entry on the references page"
+    assert not uncited, f"pages that cite nothing: {uncited}"
+    # as a reader: from a chapter's citation to its entry
+    page.goto((book_html / "book" / "_executed" / "01_svcca_checked.html").as_uri())
+    cite = page.locator("span.bibtex-citation a").first
+    cite.scroll_into_view_if_needed()
+    _screenshot(page, "chapter_with_citations")
+    anchor = cite.get_attribute("href").split("#")[1]
+    cite.click()
+    page.wait_for_url(re.compile(f"references.html#{anchor}$"))
+    assert page.locator(f"div.citation[id='{anchor}']").is_visible()
+    _screenshot(page, "citation_entry")
+    ctx.close()
+
+
+def test_figures_and_verdicts_show_where_they_came_from(browser, book_html):
+    """A figure's provenance line and the Claims page's per-verdict provenance are
+    visible, and the reproducibility page's links back land on them."""
+    ctx = _offline_context(browser)
+    page = ctx.new_page()
+    page.goto((book_html / "book" / "_executed" / "03_rm_by_factor.html").as_uri())
+    # the line is the first "Provenance:" after the figure (the paragraph after its cell)
+    line = page.locator("xpath=//figure[starts-with(@id,'fig-')]/following::small"
+                        "[starts-with(normalize-space(.),'Provenance:')][1]").first
+    assert line.is_visible()
+    assert "content SHA-256" in line.inner_text() and "commit" in line.inner_text()
+    page.locator("figure[id^='fig-']").first.scroll_into_view_if_needed()
+    _screenshot(page, "figure_with_provenance")
+    page.goto((book_html / "book" / "_executed" / "08_claims.html").as_uri())
+    rows = page.locator("tr:has(span[id^='verdict-c'])")
+    assert rows.count() == 4
+    for i in range(rows.count()):
+        assert "Provenance:" in rows.nth(i).inner_text()
+    # the table fits the page: no column is cut off behind a scroll bar
+    fits = page.evaluate("""() => { const t = document.querySelector('span#verdict-c1');
+      const c = t.closest('.pst-scrollable-table-container') || t.closest('table').parentElement;
+      return [c.scrollWidth, c.clientWidth]; }""")
+    assert fits[0] <= fits[1] + 1, f"the verdict table is {fits[0]} px wide in {fits[1]} px"
+    rows.first.scroll_into_view_if_needed()
+    _screenshot(page, "claims_verdict_provenance", full_page=False)
+    # the reproducibility page links back to a verdict's row
+    page.goto((book_html / "book" / "_generated" / "reproducibility.html").as_uri())
+    back = page.locator("a[href$='08_claims.html#verdict-c3']").first
+    back.scroll_into_view_if_needed()
+    _screenshot(page, "reproducibility_backlinks")
+    back.click()
+    page.wait_for_url(re.compile(r"08_claims.html#verdict-c3$"))
+    assert page.locator("tr:has(span#verdict-c3)").is_visible()
     ctx.close()
 
 

@@ -511,35 +511,35 @@ def backlinks_section(info: dict[str, Any]) -> list[str]:
     it stands in the book, with what computed it and the result file it depends on
     (what its provenance line says; :mod:`rmpm.book.provenance`)."""
     from .claims import verdict_provenance
-    from .provenance import BACKLINKS_TITLE, figure_records, verdict_anchor
+    from .provenance import BACKLINKS_TITLE, figure_records, ident, verdict_anchor
     figures = figure_records([paths.executed_dir() / p.name for p in notebook_paths()])
     verdicts = verdict_provenance(info.get("build"), info.get("git_commit"))
-    if not figures and not verdicts:
-        return []
 
-    def digest(d: str | None) -> str:
-        return f"`{d[:16]}…`" if d else "not written"
+    def result(name: str | None, digest: str | None) -> str:
+        if not name:
+            return "none (the chapter saves no result)"
+        return ident(f"{name}.json") + " " + (ident(f"{digest[:16]}…") if digest else "not written")
+    # names break after their dots (ident): five columns of code would not fit the page
     lines = [f"## {BACKLINKS_TITLE}", "",
              "Every numbered figure has a provenance line under it, and every verdict on the "
              "Claims page one in its row: the notebook (with its executed `.ipynb` to "
              "download), the `rmpm` functions that computed it, the result file it depends on "
              "and that file's content SHA-256 (as in the manifest), the build and the commit. "
              "They are all listed here, each linked to where it stands:", "",
-             "| figure or verdict | chapter | computed by | result | content SHA-256 |",
-             "|---|---|---|---|---|"]
+             "| figure or verdict | chapter | computed by | result, content SHA-256 |",
+             "|---|---|---|---|"]
     for f in figures:
-        calls = ", ".join(f"`{c}`" for c in f.get("calls") or []) or "(no rmpm call)"
-        result, sha = ((f"`{f['result']}.json`", digest(f.get("digest"))) if f.get("result")
-                       else ("none (the chapter saves no result)", ""))
+        calls = ", ".join(ident(c) for c in f.get("calls") or []) or "(no rmpm call)"
         lines.append(f"| {{numref}}`{f['figure']}` | [{f['notebook']}](../_executed/"
-                     f"{f['notebook']}.ipynb) | {calls} | {result} | {sha} |")
+                     f"{f['notebook']}.ipynb) | {calls} | "
+                     f"{result(f.get('result'), f.get('digest'))} |")
     for c, v in verdicts.items():
         # a raw link: a table row cannot carry a Sphinx label
         link = f'<a href="../_executed/08_claims.html#{verdict_anchor(c)}">verdict {c}</a>'
         lines.append(f"| {link} | [{v['chapter']}](../_executed/{v['chapter']}.ipynb), "
-                     f"[08_claims](../_executed/08_claims.ipynb) | evidence `{v['evidence']}`; "
-                     f"rule {', '.join(f'`{r}`' for r in v['rules'])} | `{v['result']}.json` | "
-                     f"{digest(v['digest'])} |")
+                     f"[08_claims](../_executed/08_claims.ipynb) | evidence {ident(v['evidence'])}; "
+                     f"rule {', '.join(ident(r) for r in v['rules'])} | "
+                     f"{result(v['result'], v['digest'])} |")
     return lines + [""]
 
 

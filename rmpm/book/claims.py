@@ -409,18 +409,19 @@ def _cell(text: str) -> str:
 
 
 def verdict_table(verdicts: list[Verdict], provenance: dict[str, dict[str, Any]]) -> str:
-    """The Claims page's verdict table as MyST Markdown: claim, verdict, result, why,
-    and where the verdict came from (:func:`verdict_provenance`, one
+    """The Claims page's verdict table as MyST Markdown: the claim, the verdict with why,
+    the result, and where the verdict came from (:func:`verdict_provenance`, one
     :func:`rmpm.book.provenance.verdict_line` per row). Each row carries the HTML id the
-    reproducibility page links to (:func:`rmpm.book.provenance.verdict_anchor`)."""
+    reproducibility page links to (:func:`rmpm.book.provenance.verdict_anchor`). Four
+    columns, not five: a provenance column beside five text columns did not fit the page."""
     from .provenance import verdict_anchor, verdict_line
-    rows = ["| claim | verdict | result | evidence | provenance |", "|---|---|---|---|---|"]
+    rows = ["| claim | verdict, and why | result | provenance |", "|---|---|---|---|"]
     for v in verdicts:
         key = v.claim.split(":")[0]
         pv = provenance[key]
         where = verdict_line(pv["chapter"], pv["evidence"], pv["rules"], pv["result"],
                              pv["digest"], pv["build"], pv["commit"])
         rows.append(f'| <span id="{verdict_anchor(key)}"></span>{_cell(v.claim)} | '
-                    f"**{_cell(v.verdict)}** | {_cell(v.result)} | {_cell(v.evidence)} | "
+                    f"**{_cell(v.verdict)}** <br>{_cell(v.evidence)} | {_cell(v.result)} | "
                     f"{_cell(where)} |")
     return "\n".join(rows)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import html
 import json
 import os
 import re
@@ -128,6 +129,10 @@ def qualname(fn: Any) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
+#: opens every line; the book's CSS (:mod:`rmpm.book.sphinx_ext`) lets its long names wrap
+OPEN = '<small class="rmpm-provenance">'
+
+
 def _download(notebook: str) -> str:
     return f"{{download}}`{notebook}.ipynb <{notebook}.ipynb>`"
 
@@ -151,18 +156,32 @@ def line(notebook: str, calls: list[str], result: str | None, digest: str | None
     if result is not None:
         parts.append(_result(result, digest))
     parts += _build_commit(build, commit)
-    return "<small>Provenance: " + " · ".join(parts) + "</small>"
+    return OPEN + "Provenance: " + " · ".join(parts) + "</small>"
+
+
+def ident(name: str) -> str:
+    """``name`` as inline code that may break after its dots (``<wbr>``): a table cell
+    is narrower than ``rmpm.book.decisions.c1_evidence``. Raw HTML, since a Markdown
+    code span cannot hold a break opportunity."""
+    return ('<code class="docutils literal notranslate">'
+            + ".<wbr>".join(html.escape(p) for p in name.split(".")) + "</code>")
 
 
 def verdict_line(chapter: str, evidence: str, rules: list[str], result: str | None,
                  digest: str | None, build: str, commit: str) -> str:
-    """The markdown of a verdict's provenance (a cell of the Claims page's table): the
-    chapter that computed the evidence, the evidence function, the rule(s), the
-    chapter's result file and digest, build and commit."""
-    parts = [f"notebook {_download(chapter)}", f"evidence `{evidence}`",
-             "rule " + ", ".join(f"`{r}`" for r in rules), _result(result or chapter, digest),
-             *_build_commit(build, commit)]
-    return "<small>Provenance: " + " · ".join(parts) + "</small>"
+    """The markdown of a verdict's provenance, one item a line, for a cell of the
+    Claims page's table: the chapter that computed the evidence (download link), the
+    evidence function, the rule(s), the chapter's result file and its content digest,
+    build and commit."""
+    result = result or chapter
+    sha, _, note = commit.partition(" ")
+    parts = [f"notebook {_download(chapter)}", f"evidence {ident(evidence)}",
+             "rule " + ", ".join(ident(r) for r in rules),
+             f"result {ident(result + '.json')}"
+             + (f" (content SHA-256 {ident(digest[:16] + '…')})" if digest else " (not written)"),
+             f"build {ident(build)}", f"commit {ident(sha[:12])}" + (f" {note}" if note else "")]
+    # the space before each <br> keeps the items apart in the text of the HTML
+    return OPEN + "Provenance: <br>" + " <br>".join(parts) + "</small>"
 
 
 def add_figure_provenance(nb: Any, notebook: str, result: str | None, digest: str | None,
@@ -229,7 +248,8 @@ _FIELDS = {
 def plain(text: str) -> str:
     """A line as a reader reads it: download roles by their text, no backticks or tags."""
     text = _ROLE.sub(r"\1", text)
-    text = re.sub(r"</?small>", "", text).replace("`", "")
+    text = re.sub(r"<br\s*/?>", " ", text)
+    text = html.unescape(re.sub(r"<[^>]*>", "", text)).replace("`", "")
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -298,7 +318,7 @@ def _target(page: Path, href: str) -> tuple[Path, str]:
     return (page.parent / unquote(u.path)).resolve() if u.path else page.resolve(), u.fragment
 
 
-def check_html_book(html: str | Path, manifest: dict[str, Any],
+def check_html_book(html_dir: str | Path, manifest: dict[str, Any],
                     builds: dict[str, str] | None = None,
                     claims: tuple[str, ...] = ("C1", "C2", "C3", "C4")) -> dict[str, Any]:
     """Check a built book (``_build/html``) against its build's ``manifest``: every
@@ -309,7 +329,7 @@ def check_html_book(html: str | Path, manifest: dict[str, Any],
     figure and verdict, each link landing on an element of its page. Returns the
     numbers checked and the problems found (empty when all is well)."""
     from bs4 import BeautifulSoup
-    html = Path(html)
+    html_dir = Path(html_dir)
     soups: dict[Path, Any] = {}
 
     def soup(path: Path):
@@ -320,9 +340,9 @@ def check_html_book(html: str | Path, manifest: dict[str, Any],
     problems: list[str] = []
     lines: dict[str, str] = {}
     figures: set[tuple[Path, str]] = set()
-    pages = sorted((html / "book" / "_executed").glob("*.html"))
+    pages = sorted((html_dir / "book" / "_executed").glob("*.html"))
     if not pages:
-        problems.append(f"no chapter pages under {html / 'book' / '_executed'}")
+        problems.append(f"no chapter pages under {html_dir / 'book' / '_executed'}")
     for page in pages:
         items = soup(page).find_all(lambda t: t.name == "figure" or _is_line(t))
         for i, t in enumerate(items):
@@ -337,7 +357,7 @@ def check_html_book(html: str | Path, manifest: dict[str, Any],
             lines[where] = nxt.get_text()
             problems += _check_download(page, nxt, page.stem, where)
     verdicts: set[tuple[Path, str]] = set()
-    claims_page = html / "book" / "_executed" / "08_claims.html"
+    claims_page = html_dir / "book" / "_executed" / "08_claims.html"
     if claims_page.is_file():
         for c in claims:
             where = f"08_claims#{verdict_anchor(c)}"
@@ -354,12 +374,13 @@ def check_html_book(html: str | Path, manifest: dict[str, Any],
     else:
         problems.append(f"no Claims page at {claims_page}")
     problems += check_lines(lines, manifest, builds)
-    linked = _check_backlinks(html / "book" / "_generated" / "reproducibility.html", soup,
-                              manifest, problems)
+    linked, digests = _check_backlinks(html_dir / "book" / "_generated" / "reproducibility.html",
+                                       soup, manifest, problems)
     for page, anchor in sorted((figures | verdicts) - linked):
         problems.append(f"reproducibility page: no link back to {page.stem}#{anchor}")
     return {"figures": len(figures), "verdicts": len(verdicts), "lines": len(lines),
-            "backlinks": len(linked), "problems": problems}
+            "lines_with_digest": sum(parse_line(t)["digest"] is not None for t in lines.values()),
+            "backlinks": len(linked), "backlinks_with_digest": digests, "problems": problems}
 
 
 def _check_download(page: Path, tag, notebook: str, where: str) -> list[str]:
@@ -381,20 +402,20 @@ def _check_download(page: Path, tag, notebook: str, where: str) -> list[str]:
 
 
 def _check_backlinks(page: Path, soup, manifest: dict[str, Any],
-                     problems: list[str]) -> set[tuple[Path, str]]:
-    """The (page, anchor) pairs the reproducibility page's back-link table reaches;
-    adds to ``problems`` every link that lands nowhere and every digest that is not
-    the manifest's."""
+                     problems: list[str]) -> tuple[set[tuple[Path, str]], int]:
+    """The (page, anchor) pairs the reproducibility page's back-link table reaches, and
+    how many of its rows name a digest that matches the manifest; adds to ``problems``
+    every link that lands nowhere and every digest that is not the manifest's."""
     if not page.is_file():
         problems.append(f"no reproducibility page at {page}")
-        return set()
+        return set(), 0
     heading = soup(page).find(lambda t: t.name in ("h1", "h2", "h3")
                               and t.get_text().strip().rstrip("#").strip() == BACKLINKS_TITLE)
     table = heading.find_next("table") if heading is not None else None
     if table is None:
         problems.append(f"reproducibility page: no table under '{BACKLINKS_TITLE}'")
-        return set()
-    reached = set()
+        return set(), 0
+    reached, matched = set(), 0
     results = manifest.get("results", {})
     for row in table.find("tbody").find_all("tr"):
         cells = row.find_all("td")
@@ -407,11 +428,13 @@ def _check_backlinks(page: Path, soup, manifest: dict[str, Any],
             problems.append(f"reproducibility page: the link {a.get('href')} lands nowhere")
             continue
         reached.add((target, anchor))
-        # the last two columns: the result file and its content digest
-        m = re.fullmatch(r"(\S+)\.json", plain(cells[-2].get_text()))
-        d = re.fullmatch(r"([0-9a-f]{16})…", plain(cells[-1].get_text()))
-        if m and (m.group(1) not in results or d is None
-                  or not results[m.group(1)]["digest"].startswith(d.group(1))):
+        # the last column: the result file and its content digest
+        m = re.fullmatch(r"(\S+)\.json (?:([0-9a-f]{16})…|not written)",
+                         plain(cells[-1].get_text()))
+        if m and (m.group(1) not in results or m.group(2) is None
+                  or not results[m.group(1)]["digest"].startswith(m.group(2))):
             problems.append(f"reproducibility page: the digest of {m.group(1)} in the row of "
                             f"{target.stem}#{anchor} is not the manifest's")
-    return reached
+        elif m and m.group(2):
+            matched += 1
+    return reached, matched

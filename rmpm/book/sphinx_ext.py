@@ -7,10 +7,25 @@ make the rendered pages load in a browser without console errors.
   kept once per page.
 - pydata-sphinx-theme logs "Got invalid theme mode" on a reader's first visit when
   no default mode is configured; the book sets it to ``auto`` (follow the system).
+
+It also adds one style sheet, :data:`CSS`: in provenance lines
+(:mod:`rmpm.book.provenance`) long function names, digests and build ids may break
+anywhere, so that the Claims page's provenance column wraps inside its table instead
+of overflowing it, at least 14rem wide.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+CSS_FILE = "rmpm.css"
+CSS = """/* written by rmpm.book.sphinx_ext */
+small.rmpm-provenance code, small.rmpm-provenance code span.pre {
+  overflow-wrap: anywhere; white-space: normal;
+}
+/* the Claims page's provenance column: wide enough for a dotted name a line */
+td small.rmpm-provenance { display: inline-block; min-width: 14rem; }
+"""
 
 
 def _script_key(js: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -40,10 +55,17 @@ def _config_inited(app, config) -> None:
     context = dict(config.html_context or {})
     context.setdefault("default_mode", "auto")  # pydata-sphinx-theme reads it from here
     config.html_context = context
+    # written from here rather than shipped as a file, so an installed rmpm needs no
+    # package data; the HTML builder copies the folder into _static/
+    static = Path(app.doctreedir).parent / "rmpm_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / CSS_FILE).write_text(CSS)
+    config.html_static_path = [*config.html_static_path, str(static)]
 
 
 def setup(app) -> dict[str, Any]:
     app.connect("config-inited", _config_inited)
+    app.add_css_file(CSS_FILE)
     # late, so that every other extension has added its scripts
     app.connect("html-page-context", _page_context, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
