@@ -99,7 +99,7 @@ def test_the_lines_of_a_build_match_its_manifest(built):
     with B.build_env(build):
         rows = "\n".join(B.backlinks_section({"build": build.id, "git_commit": B.git_commit()}))
     for fig in ("fig-one", "fig-two", "fig-three"):
-        assert f"| {{numref}}`{fig}` |" in rows
+        assert f"| {{numref}}`{fig}` <br>in [" in rows
     assert rows.count(f">{content[:16]}…</code>") == 2
     for claim in C.CHAPTER:  # no chapter of this build wrote a claim's result
         assert f'08_claims.html#{P.verdict_anchor(claim)}">verdict {claim}</a>' in rows

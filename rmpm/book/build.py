@@ -518,26 +518,27 @@ def backlinks_section(info: dict[str, Any]) -> list[str]:
     def result(name: str | None, digest: str | None) -> str:
         if not name:
             return "none (the chapter saves no result)"
-        return ident(f"{name}.json") + " " + (ident(f"{digest[:16]}…") if digest else "not written")
-    # names break after their dots (ident): five columns of code would not fit the page
+        return ident(f"{name}.json") + " <br>" + (ident(f"{digest[:16]}…") if digest
+                                                  else "not written")
+    # three columns, names that break after their dots (ident): five did not fit the page
     lines = [f"## {BACKLINKS_TITLE}", "",
              "Every numbered figure has a provenance line under it, and every verdict on the "
              "Claims page one in its row: the notebook (with its executed `.ipynb` to "
              "download), the `rmpm` functions that computed it, the result file it depends on "
              "and that file's content SHA-256 (as in the manifest), the build and the commit. "
              "They are all listed here, each linked to where it stands:", "",
-             "| figure or verdict | chapter | computed by | result, content SHA-256 |",
-             "|---|---|---|---|"]
+             "| figure or verdict | computed by | result, content SHA-256 |",
+             "|---|---|---|"]
     for f in figures:
         calls = ", ".join(ident(c) for c in f.get("calls") or []) or "(no rmpm call)"
-        lines.append(f"| {{numref}}`{f['figure']}` | [{f['notebook']}](../_executed/"
+        lines.append(f"| {{numref}}`{f['figure']}` <br>in [{f['notebook']}](../_executed/"
                      f"{f['notebook']}.ipynb) | {calls} | "
                      f"{result(f.get('result'), f.get('digest'))} |")
     for c, v in verdicts.items():
         # a raw link: a table row cannot carry a Sphinx label
         link = f'<a href="../_executed/08_claims.html#{verdict_anchor(c)}">verdict {c}</a>'
-        lines.append(f"| {link} | [{v['chapter']}](../_executed/{v['chapter']}.ipynb), "
-                     f"[08_claims](../_executed/08_claims.ipynb) | evidence {ident(v['evidence'])}; "
+        lines.append(f"| {link} <br>evidence from [{v['chapter']}](../_executed/"
+                     f"{v['chapter']}.ipynb) | evidence {ident(v['evidence'])}; "
                      f"rule {', '.join(ident(r) for r in v['rules'])} | "
                      f"{result(v['result'], v['digest'])} |")
     return lines + [""]

@@ -160,10 +160,11 @@ def line(notebook: str, calls: list[str], result: str | None, digest: str | None
 
 
 def ident(name: str) -> str:
-    """``name`` as inline code that may break after its dots (``<wbr>``): a table cell
-    is narrower than ``rmpm.book.decisions.c1_evidence``. Raw HTML, since a Markdown
-    code span cannot hold a break opportunity."""
-    return ('<code class="docutils literal notranslate">'
+    """``name`` as inline code that may break after its dots (``<wbr>``), and anywhere
+    when a part is still too long (the book's CSS, class ``rmpm-name``): a table cell is
+    narrower than ``rmpm.book.decisions.c1_evidence``. Raw HTML, since a Markdown code
+    span cannot hold a break opportunity."""
+    return ('<code class="docutils literal notranslate rmpm-name">'
             + ".<wbr>".join(html.escape(p) for p in name.split(".")) + "</code>")
 
 

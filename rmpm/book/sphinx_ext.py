@@ -8,10 +8,10 @@ make the rendered pages load in a browser without console errors.
 - pydata-sphinx-theme logs "Got invalid theme mode" on a reader's first visit when
   no default mode is configured; the book sets it to ``auto`` (follow the system).
 
-It also adds one style sheet, :data:`CSS`: in provenance lines
-(:mod:`rmpm.book.provenance`) long function names, digests and build ids may break
-anywhere, so that the Claims page's provenance column wraps inside its table instead
-of overflowing it, at least 14rem wide.
+It also adds one style sheet, :data:`CSS`: in provenance lines and the names they
+list (:mod:`rmpm.book.provenance`) long function names, digests and build ids may
+break anywhere, so that the Claims page's provenance column (at least 14rem wide) and
+the reproducibility page's table wrap inside the page instead of overflowing it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 CSS_FILE = "rmpm.css"
 CSS = """/* written by rmpm.book.sphinx_ext */
-small.rmpm-provenance code, small.rmpm-provenance code span.pre {
+small.rmpm-provenance code, small.rmpm-provenance code span.pre, code.rmpm-name {
   overflow-wrap: anywhere; white-space: normal;
 }
 /* the Claims page's provenance column: wide enough for a dotted name a line */
