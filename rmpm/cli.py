@@ -12,9 +12,39 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 
 from .book.profiles import PROFILES
+
+#: what a stopped command can say about its work, set by the command while it runs
+_PROGRESS: list = []
+#: OS errors no retry fixes (a full disk, a read-only file system, no permission, a
+#: file where a folder must be): one line, not a traceback
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so that every clean-up that
+    Ctrl-C runs (``finally`` blocks, cancelled tasks, killed subprocesses) runs for it."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_signals(handler) -> None:
+    """Install ``handler`` for SIGTERM (and SIG_IGN for both, while stopping); only the
+    main thread may, so ``main`` called from another thread leaves them alone."""
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        if handler is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _add_profile(p: argparse.ArgumentParser, default: str = "default") -> None:
@@ -97,11 +127,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "repair", False) and args.action != "verify":
         parser.error("--repair only goes with `store verify`")
+    import threading
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM) if main_thread else None
+    old_int = signal.getsignal(signal.SIGINT) if main_thread else None
+    _stop_signals(_raise_terminated)
+    _PROGRESS.clear()
     try:
+        from . import paths
+        paths.check_folders(getattr(args, "store", None))  # every command, --dry-run too
         return _dispatch(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        return _interrupted(args.command, e)
     except (ValueError, KeyError, RuntimeError) as e:  # incl. StoreWriteError, DamagedEntryError
         print(f"rmpm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _FATAL_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rmpm {args.command}: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> int:
+    """One line saying what was stored and what was not; no workers left; 130 or 143."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    _stop_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    from .pipeline.engine import close_clients
+    close_clients()  # the embedded cluster's workers end with it
+    said = []
+    for progress in _PROGRESS:
+        try:
+            said.append(progress())
+        except Exception as err:  # noqa: BLE001 - the line must come out whatever happens
+            said.append(f"(what is stored could not be told: {type(err).__name__})")
+    note = getattr(e, "note", "")
+    what = "; ".join([*said, *([note] if note else [])]) or "nothing was stored"
+    print(f"rmpm {command}: stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr)
+    return 128 + signum
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -125,6 +193,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         _names_given("--only", args.only, [p.stem for p in notebook_paths()])
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers={args.workers} must be >= 1")
+        from .book.populations import eval_spec, profile_recipes
+        from .pipeline.store import Store
+        _PROGRESS.append(lambda: Store().progress(profile_recipes(args.profile),
+                                                  eval_spec(args.profile).key()))
         build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean,
               workers=args.workers, deterministic=not args.fast)
         return 0
@@ -148,7 +220,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(plan_table(recipes, spec, args.store))
             return 0
-        Store(args.store).check_writable()  # a read-only or full disk stops here, not at the end
+        store = Store(args.store)
+        store.check_writable()  # a read-only or full disk stops here, not at the end
+        _PROGRESS.append(lambda: store.progress(recipes, spec.key())
+                         + "; the rest was not computed, and a rerun continues from there")
         from .pipeline.data import ensure
         ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
         if args.workers is not None and args.workers < 1:
