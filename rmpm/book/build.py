@@ -7,10 +7,17 @@ need come from the store, so a second build retrains nothing.
 
 Every build writes its result files to a folder of its own,
 ``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book.records`),
-and the book's pages read only that folder; ``latest`` in the profile's folder
-names the last build that executed all its notebooks. ``--only`` starts a new
-build from a copy of the latest one's results, so it never rewrites a finished
-build either.
+and its reports (chapter 7) to ``reports/`` beside them; the book's pages read only
+that folder; ``latest`` in the profile's folder names the last build that executed
+all its notebooks. ``--only`` starts a new build from a copy of the latest one's
+results, so it never rewrites a finished build either.
+
+A build in progress lives in a hidden ``.partial-<build id>`` folder, claimed by its
+process (:class:`rmpm.pipeline.claims.Claim`), and is renamed to its id only when
+every notebook has run, just before ``latest`` names it: a failed or stopped build
+removes its folder, and one killed outright leaves only a hidden partial folder,
+which the next build removes once its claim has expired. So nothing that looks like
+a finished build is ever left half done.
 """
 from __future__ import annotations
 
@@ -67,19 +74,31 @@ def kernel_name() -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+class NotebookError(RuntimeError):
+    """A notebook's cell failed: one line with the notebook, the cell, the error as the
+    kernel raised it (e.g. the ``ValueError`` naming a parameter) and where the
+    partially executed copy is, in place of papermill's long traceback."""
+
+
 def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = None,
             progress: bool = False) -> float:
     """Execute one notebook with papermill; returns the seconds it took.
 
-    A failing cell raises (papermill's PapermillExecutionError), after writing
-    the partially executed notebook to ``out`` for inspection.
+    Bad parameters raise ``ValueError`` before anything runs. A failing cell raises
+    :class:`NotebookError` (its message first: the error the cell raised), after
+    papermill wrote the partially executed notebook to ``out`` for inspection.
     """
     import papermill as pm
     check_parameters(path, params)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
-                        cwd=str(cwd or path.parent), progress_bar=progress)
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
+                            cwd=str(cwd or path.parent), progress_bar=progress)
+    except pm.PapermillExecutionError as e:
+        raise NotebookError(f"{e.ename}: {e.evalue} (notebook {path.name}, cell "
+                            f"[{e.exec_count}]; the notebook as executed so far is {out})"
+                            ) from None
     return time.perf_counter() - t0
 
 
@@ -97,9 +116,13 @@ def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
     return [p for p in nbs if p.stem in only]
 
 
+PARTIAL = ".partial-"
+
+
 @dataclass(frozen=True)
 class Build:
-    """One book build: its id and the folder its result files live in."""
+    """One book build: its id and the folder its files live in now (the hidden
+    ``.partial-<id>`` folder until it is finished, see :func:`finish_build`)."""
 
     profile: str
     id: str
@@ -108,6 +131,19 @@ class Build:
     @property
     def results_dir(self) -> Path:
         return self.dir / "results"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Reports the chapters save as files (chapter 7's), this build's own."""
+        return self.dir / "reports"
+
+    @property
+    def finished(self) -> bool:
+        return self.dir.name == self.id
+
+    def as_finished(self) -> "Build":
+        """The same build where it lives once finished."""
+        return Build(self.profile, self.id, self.dir.parent / self.id)
 
 
 def builds_root() -> Path:
@@ -121,16 +157,51 @@ def latest_build(profile: str, root: Path | None = None) -> Build | None:
         bid = (d / "latest").read_text().strip()
     except FileNotFoundError:
         return None
-    return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
+    return Build(profile, bid, d / bid) if bid and (d / bid).is_dir() else None
+
+
+#: claims of the builds this process has in progress, by build id
+_IN_PROGRESS: dict[str, Any] = {}
+
+
+def _partial_claim(folder: Path):
+    from ..pipeline.claims import Claim
+    return Claim(folder.with_name(folder.name + ".lock"))
+
+
+def sweep_partial_builds(profile: str, root: Path | None = None) -> int:
+    """Remove the partial folders of ``profile``'s builds whose process is gone (its
+    claim expired: killed, crashed); a build still running keeps its claim, and its
+    folder. Returns how many were removed."""
+    n = 0
+    for folder in sorted(((root or builds_root()) / profile).glob(f"{PARTIAL}*")):
+        if not folder.is_dir():
+            continue
+        claim = _partial_claim(folder)
+        if claim.try_acquire():
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                n += 1
+            finally:
+                claim.release()
+                claim.path.unlink(missing_ok=True)  # nobody else ever claims this build id
+    return n
 
 
 def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = False) -> Build:
-    """A fresh build folder; with ``inherit`` it starts with a copy of the latest
-    build's results (for ``--only``: the other chapters' results stay available)."""
+    """A fresh build, in progress (in its hidden partial folder, claimed by this process,
+    until :func:`finish_build`); with ``inherit`` it starts with a copy of the latest
+    build's results (for ``--only``: the other chapters' results stay available).
+    Partial folders of builds whose process died are removed first."""
     name = get_profile(profile).name
     d = (root or builds_root()) / name
+    d.mkdir(parents=True, exist_ok=True)
+    sweep_partial_builds(name, root)
     bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    b = Build(name, bid, d / bid)
+    b = Build(name, bid, d / f"{PARTIAL}{bid}")
+    claim = _partial_claim(b.dir)
+    claim.try_acquire()  # a fresh id: nobody else holds it
+    _IN_PROGRESS[bid] = claim
     b.results_dir.mkdir(parents=True)
     prev = latest_build(name, root) if inherit else None
     if prev is not None and prev.results_dir.is_dir():
@@ -139,12 +210,40 @@ def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = 
     return b
 
 
+def finish_build(b: Build) -> Build:
+    """Publish a build whose notebooks all ran: its folder gets its id's name, then
+    ``latest`` names it (in that order, so ``latest`` only ever names a finished build)."""
+    if b.finished:
+        return b
+    done = b.as_finished()
+    b.dir.rename(done.dir)
+    atomic_write_text(done.dir.parent / "latest", done.id + "\n")
+    _release(b)
+    return done
+
+
+def abandon_build(b: Build) -> None:
+    """Remove an unfinished build's folder (a failed or stopped build's results are
+    never used); a finished build is left alone."""
+    if not b.finished:
+        shutil.rmtree(b.dir, ignore_errors=True)
+    _release(b)
+
+
+def _release(b: Build) -> None:
+    claim = _IN_PROGRESS.pop(b.id, None)
+    if claim is not None:
+        claim.release()
+        claim.path.unlink(missing_ok=True)
+
+
 @contextmanager
 def build_env(b: Build) -> Iterator[Build]:
     """Point this process (and the notebook kernels it starts, which inherit the
-    environment) at the build's results folder."""
+    environment) at the build's results and reports folders."""
     from ..pipeline.engine import environ
-    with environ({"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}):
+    with environ({"RMPM_RESULTS": str(b.results_dir), "RMPM_REPORTS": str(b.reports_dir),
+                  "RMPM_BUILD": b.id}):
         yield b
 
 
@@ -178,15 +277,29 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     build = build or new_build(p, builds_dir, inherit=bool(only))
     timings = {}
     params = {"profile": p.name}
-    with build_env(build):
-        for nb in nbs:
-            print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
-                  flush=True)
-            timings[nb.stem] = execute(nb, out_dir / nb.name, params)
-            show_parameters(nb, out_dir / nb.name, params)
-            print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
-    atomic_write_text(build.dir.parent / "latest", build.id + "\n")
+    try:
+        with build_env(build):
+            for nb in nbs:
+                print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
+                      flush=True)
+                timings[nb.stem] = execute(nb, out_dir / nb.name, params)
+                show_parameters(nb, out_dir / nb.name, params)
+                print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+    except BaseException as e:
+        abandon_build(build)
+        if isinstance(e, KeyboardInterrupt) and not getattr(e, "note", ""):
+            e.note = _unfinished(build, f"{len(timings)} of {len(nbs)} notebook(s) had run",
+                                 builds_dir)
+        raise
+    finish_build(build)
     return timings
+
+
+def _unfinished(b: Build, done: str, root: Path | None = None) -> str:
+    """What a stopped build leaves: for the one line a stopped ``rmpm book`` prints."""
+    latest = latest_build(b.profile, root)
+    return (f"build {b.id} was not finished ({done}) and is discarded; the latest "
+            f"{b.profile} build is still {latest.id if latest else 'none'}")
 
 
 def kernel_env(deterministic: bool = True) -> dict[str, str]:
@@ -437,13 +550,22 @@ def build(profile: str | Profile, only: Sequence[str] | None = None, strict: boo
     p = get_profile(profile)
     select_notebooks(only)  # bad names stop here, before any work
     from ..pipeline.data import clear_cache, ensure
+    from ..pipeline.store import Store
+    Store().check_writable()  # a read-only or full store stops here, before any work
     ensure(p.datasets)
     clear_cache()  # the notebooks' kernels load what they need; this process needs none
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
     b = new_build(p, inherit=bool(only))
-    timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    try:
+        timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    except BaseException as e:
+        abandon_build(b)
+        if isinstance(e, KeyboardInterrupt) and not getattr(e, "note", ""):
+            e.note = _unfinished(b, "no notebook had run")
+        raise
+    b = b.as_finished()
     write_build_info(p, timings, b, engine_info)
     index = build_html(strict)
     mpath = paths.generated_dir() / "manifest.json"
