@@ -11,6 +11,7 @@ run, not taken from the store) and the load average. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -43,8 +44,11 @@ def main() -> None:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--workers", type=int, default=None,
                     help="workers of each run's embedded cluster (default: rmpm's, one per core)")
+    ap.add_argument("--dir", default=None,
+                    help="keep the two stores in this folder (default: a temporary one)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with (tempfile.TemporaryDirectory() if args.dir is None
+          else contextlib.nullcontext(args.dir)) as tmp:
         print(f"load average before: {os.getloadavg()}")
         alone = finish(*start(Path(tmp) / "alone", args.profile, args.workers))
         print(f"one run alone:   {alone['seconds']:6.1f} s, trained {alone['trained']} of "

@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in _FATAL_ERRNOS:
             raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"rmpm {args.command}: error: cannot write {where}{e.strerror or e}", file=sys.stderr)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"rmpm {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     finally:
         if main_thread:

@@ -329,3 +329,19 @@ def test_store_option_is_checked_the_same_way(tmp_path, capsys):
         assert capsys.readouterr().err == (
             f"rmpm {cmd[0]}: error: --store={a_file} is a file, not a folder; point --store at "
             "a folder (it is created if missing)\n")
+
+
+@pytest.mark.cluster
+def test_repair_on_a_read_only_store_is_one_line(tmp_path, tmpfs):
+    """Any OS write error no retry fixes is one line, not a traceback: here `store
+    verify --repair`, which moves a damaged entry into quarantine/, on a read-only store."""
+    mnt = tmpfs("1m")
+    store = mnt / "store"
+    [model, _] = _seed(tmp_path, store)
+    (model / "metrics.json").write_text("{}")  # damaged
+    remount(mnt, "ro")
+    r = rmpm(tmp_path, "store", "verify", "--repair", "--store", str(store))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    [line] = error_lines(r.stderr, "store")
+    assert line == f"rmpm store: error: Read-only file system: {store / 'quarantine'}"
+    assert model.is_dir()  # nothing moved
