@@ -345,3 +345,33 @@ def test_repair_on_a_read_only_store_is_one_line(tmp_path, tmpfs):
     [line] = error_lines(r.stderr, "store")
     assert line == f"rmpm store: error: Read-only file system: {store / 'quarantine'}"
     assert model.is_dir()  # nothing moved
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_notebooks_stops_a_book_build(tmp_path):
+    """Ctrl-C while a notebook's kernel runs: one line, no kernel or worker left (the
+    kernel is killed, so it prints no traceback of its own), no build left behind."""
+    from rmpm.book.build import builds_root, latest_build
+    store = tmp_path / "store"
+    r = rmpm(tmp_path, "train", "--profile", "smoke", "--store", str(store), timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = latest_build("smoke")
+    existing = set((builds_root() / "smoke").glob("*"))
+    proc = _start(tmp_path, "book", "--profile", "smoke", "--workers", "1",
+                  RMPM_STORE=str(store))
+    started = 0
+    while started < 2:  # the second notebook is running
+        line = proc.stdout.readline()
+        assert line, proc.communicate()[1][-3000:]
+        started += "[rmpm book] executing" in line
+    time.sleep(3)
+    out, err, alive = _stop(proc, signal.SIGINT, True)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    [line] = error_lines(err, "book")
+    assert line.startswith("rmpm book: stopped by SIGINT: 29 of 29 model(s) and 29 of 29 "
+                           "evaluation(s) are stored")
+    assert "(1 of 9 notebook(s) had run) and is discarded" in line
+    assert set((builds_root() / "smoke").glob("*")) == existing
+    assert latest_build("smoke") == before
+    assert alive == [], f"processes left behind: {alive}"

@@ -93,8 +93,12 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
+        # the kernel is killed, not asked to shut down, once its cells have run (their
+        # files are written by then) or when the build is stopped: a kernel asked to shut
+        # down in the middle of a cell prints a traceback of its own
         pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(cwd or path.parent), progress_bar=progress)
+                            cwd=str(cwd or path.parent), progress_bar=progress,
+                            shutdown_kernel="immediate")
     except pm.PapermillExecutionError as e:
         raise NotebookError(f"{e.ename}: {e.evalue} (notebook {path.name}, cell "
                             f"[{e.exec_count}]; the notebook as executed so far is {out})"
