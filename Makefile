@@ -3,6 +3,7 @@
 #   make test                                  set up, run the tests
 #   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)")
 #   make check-browser                         the built book and JupyterLab, checked in chromium
+#   make manifest                              commit-ready manifests/default.json of the last default build
 PROFILE ?= default
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pins: the versions the project is tested with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data book test lab check-browser bench clean
+.PHONY: setup data book test lab check-browser bench manifest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,15 @@ check-browser: setup
 	test -f _build/html/index.html || $(PY) -m rmpm book --profile smoke
 	RMPM_BROWSER_REQUIRED=1 RMPM_CHROMIUM=$(CHROMIUM) RMPM_SCREENSHOTS=_build/screens \
 	  $(PY) -m pytest -m browser -v -p no:cacheprovider tests/test_browser.py
+
+# The manifest CI verifies its rebuild of the default book against (.ci/run): after an
+# intended change of numbers, rebuild the default book and commit the new manifest in the
+# same commit as the change.
+manifest:
+	@test -f book/_generated/manifest.json || { echo "no book built: make book PROFILE=default first"; exit 1; }
+	@$(PY) -c "import json,sys; m=json.load(open('book/_generated/manifest.json')); p=m['environment'].get('profile'); sys.exit(0 if p == 'default' else 'the last build is profile ' + repr(p) + ', not default: make book PROFILE=default first')"
+	mkdir -p manifests && cp book/_generated/manifest.json manifests/default.json
+	@echo "manifests/default.json updated: commit it with the change that moved the numbers"
 
 bench: setup
 	$(PY) benchmarks/bench_similarity.py

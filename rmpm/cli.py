@@ -4,7 +4,8 @@ Commands:
   book      execute the notebooks under a profile and build the HTML book
   train     train (and evaluate) a profile's model populations, resumably
   data      make sure a data set is present (offline files or download)
-  store     list the store, verify (and repair) it, or sweep temporary folders
+  store     list the store, verify (and repair) it, sweep temporary folders, or export
+            a build's entries to an archive and import one
   calibrate false-positive rate and power of every verdict rule, by simulation
   verify    check a store and result files against a published manifest
   env       print the environment deterministic workers must start with
@@ -104,15 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.05)
 
-    p = sub.add_parser("store", help="inspect, verify or repair the result store")
-    p.add_argument("action", choices=["ls", "verify", "sweep"],
+    p = sub.add_parser("store", help="inspect, verify, repair, export or import the result store")
+    p.add_argument("action", choices=["ls", "verify", "sweep", "export", "import"],
                    help="ls: list trained models; verify: check every entry against its "
                         "manifest (exit 1 naming each damaged one); sweep: remove temporary "
-                        "folders left by killed runs")
+                        "folders left by killed runs; export --profile NAME FILE: one build's "
+                        "entries, result files and manifest into archive FILE (.tar, .tar.gz, "
+                        ".tar.xz); import FILE: check every digest of archive FILE, then add "
+                        "it to the store")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the archive (export and import)")
     p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
     p.add_argument("--repair", action="store_true",
                    help="with verify: move damaged entries to the store's quarantine/ folder "
                         "(the next run recomputes them) and add manifests to legacy entries")
+    p.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                   help="export: the profile whose build to export; import: refuse an archive "
+                        "of any other profile")
+    p.add_argument("--build", default=None, metavar="ID",
+                   help="export: this build of the profile (default: its latest)")
 
     p = sub.add_parser("verify", help="check a store and result files against a manifest")
     p.add_argument("manifest", help="a manifest.json published with a book build")
@@ -124,9 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("env", help="print `export` lines for deterministic workers' job scripts")
     p.add_argument("--fast", action="store_true", help="the fast mode's environment instead")
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if (extra and args.command == "store" and args.file is None and len(extra) == 1
+            and not extra[0].startswith("-")):
+        args.file = extra[0]  # argparse fills an optional positional only before options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "repair", False) and args.action != "verify":
         parser.error("--repair only goes with `store verify`")
+    if args.command == "store":
+        _check_store_args(parser, args)
     import threading
     main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -170,6 +187,21 @@ def _interrupted(command: str, e: KeyboardInterrupt) -> int:
     what = "; ".join([*said, *([note] if note else [])]) or "nothing was stored"
     print(f"rmpm {command}: stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr)
     return 128 + signum
+
+
+def _check_store_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Which of FILE, --profile and --build each `store` action takes."""
+    a = args.action
+    if a in ("export", "import") and not args.file:
+        parser.error(f"`store {a}` needs FILE, the archive")
+    if a not in ("export", "import") and args.file:
+        parser.error(f"`store {a}` takes no FILE (only export and import do)")
+    if a == "export" and not args.profile:
+        parser.error(f"`store export` needs --profile, one of: {', '.join(sorted(PROFILES))}")
+    if args.profile and a not in ("export", "import"):
+        parser.error("--profile only goes with `store export` and `store import`")
+    if args.build and a != "export":
+        parser.error("--build only goes with `store export`")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -257,6 +289,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("false-positive rate above alpha (beyond 2 SE):", file=sys.stderr)
             print(bad.to_string(index=False), file=sys.stderr)
             return 1
+        return 0
+    if args.command == "store" and args.action in ("export", "import"):
+        from .book import archive
+        from .pipeline.store import Store
+        if args.action == "export":
+            archive.compression(args.file)  # a bad FILE name stops here, before any work
+            rep = archive.export(args.profile, args.file, Store(args.store).require_existing(),
+                                 build_id=args.build)
+        else:
+            rep = archive.import_archive(args.file, Store(args.store), profile=args.profile)
+        print(rep.text())
         return 0
     if args.command == "store":
         from .pipeline.store import Store

@@ -4,6 +4,8 @@ import json
 import nbformat
 import pytest
 
+from rmpm.book.profiles import get_profile
+
 from rmpm import paths
 
 from rmpm.book import build as book
@@ -107,6 +109,13 @@ def test_population_notebook_results_are_sane(tmp_path, monkeypatch):
     assert v["test_acc"]["low"] <= v["test_acc"]["estimate"] <= v["test_acc"]["high"]
     assert all(0.0 <= rm <= 1.0 for rm in v["rm_by_layer"].values())
     assert v["pm_iid"] > 0.0
+    # every data set's reference population, and every factor population's spread
+    [ds] = v["accuracy_by_dataset"]
+    assert ds["dataset"] == "fashion_mnist" and ds["min"] <= ds["test_acc"] <= ds["max"]
+    assert ds["floor"] is None and ds["every model reaches it"] is None  # smoke sets no floor
+    pops = v["population_accuracy"]
+    assert {p["factor"] for p in pops} == set(get_profile("smoke").factors)
+    assert all(p["min"] <= p["test_acc"] <= p["max"] and p["models"] == 4 for p in pops)
 
 
 def test_unknown_parameter_is_refused_with_the_allowed_ones(tmp_path):

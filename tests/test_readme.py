@@ -42,3 +42,21 @@ def test_readme_own_models_snippet_runs(tmp_path, monkeypatch):
     assert ns["pm"]["n_models"] == 3 and ns["pm"]["prediction_variance"] > 0
     assert (tmp_path / "my-report" / "manifest.json").is_file()
     assert (tmp_path / "my-report" / "report.md").is_file()
+
+
+def test_readme_verify_commands_are_what_ci_runs():
+    """The README's `rmpm verify` commands are run as written, on a fresh default
+    build, by .ci/run; the committed manifest they name exists and is the default
+    profile's."""
+    import json
+    bash = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S))
+    commands = [l.split("#")[0].strip() for l in bash.splitlines() if " rmpm verify " in l]
+    assert len(commands) == 2
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    for c in commands:
+        assert c in ci, f"{c!r} is not run by .ci/run"
+    committed = README.parent / "manifests" / "default.json"
+    assert any(str(committed.relative_to(README.parent)) in c for c in commands)
+    m = json.loads(committed.read_text())
+    assert m["environment"]["profile"] == "default"
+    assert m["models"] and m["evals"] and m["results"]

@@ -162,6 +162,7 @@ def test_a_stopped_or_failed_build_leaves_nothing_that_looks_like_a_build(no_res
 
     monkeypatch.setattr(book, "execute", execute)
     monkeypatch.setattr(book, "show_parameters", lambda *a: None)
+    monkeypatch.setattr(book, "annotate_figures", lambda *a: None)
     with pytest.raises(KeyboardInterrupt) as e:
         book.run_notebooks("smoke", out_dir=no_results_env / "executed", builds_dir=root)
     assert e.value.note.endswith(f"(1 of 9 notebook(s) had run) and is discarded; the latest "
@@ -169,9 +170,14 @@ def test_a_stopped_or_failed_build_leaves_nothing_that_looks_like_a_build(no_res
     assert sorted(p.name for p in (root / "smoke").iterdir()) == [done.id, "latest"]
     assert book.latest_build("smoke", root) == done
     monkeypatch.setattr(book, "execute", lambda *a, **k: 1 / 0)  # a failing notebook
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(book.NotebookFailed) as e:
         book.run_notebooks("smoke", out_dir=no_results_env / "executed", builds_dir=root)
-    assert sorted(p.name for p in (root / "smoke").iterdir()) == [done.id, "latest"]
+    # kept for inspection under a name no finished build has
+    [failed] = [p for p in (root / "smoke").iterdir() if p.name.startswith(".failed-")]
+    assert f"status: {failed / book.STATUS}" in str(e.value)
+    assert sorted(p.name for p in (root / "smoke").iterdir()) == sorted(
+        [done.id, "latest", failed.name])
+    assert book.latest_build("smoke", root) == done
 
 
 _KILLED = """
@@ -186,9 +192,11 @@ sys.stdin.readline()
 """
 
 
-def test_a_killed_build_leaves_only_a_hidden_partial_that_the_next_build_removes(no_results_env):
+def test_a_killed_build_leaves_only_a_hidden_partial_that_the_next_build_sets_aside(
+        no_results_env):
     """kill -9 in the middle of a build: no folder named like a build, no latest; the
-    next build finds its claim expired and removes it, and leaves a live one alone."""
+    next build finds its claim expired and moves it aside as failed, and leaves a live
+    one alone."""
     import os
     import signal
     root = no_results_env / "builds"
@@ -204,6 +212,8 @@ def test_a_killed_build_leaves_only_a_hidden_partial_that_the_next_build_removes
     assert book.latest_build("smoke", root) is None
     b = book.new_build("smoke", root)  # sweeps what the killed one left
     assert not killed.exists() and alive.is_dir()
+    assert (root / "smoke" / killed.name.replace(".partial-", ".failed-")).is_dir()
+    assert book.latest_build("smoke", root) is None
     procs[1].stdin.close()
     procs[1].wait(10)
     book.abandon_build(b)
@@ -222,26 +232,20 @@ def test_reports_go_to_the_builds_own_folder(no_results_env):
 
 
 @pytest.mark.notebook
-def test_a_parameter_error_in_the_kernel_is_one_line(no_results_env, monkeypatch, capsys):
-    """A value only the kernel refuses: rmpm book's error is one line, the cell's error
-    first; the executed notebook shows the ParameterError alone, no traceback."""
+def test_a_parameter_error_in_the_kernel_is_one_line(no_results_env, monkeypatch):
+    """A value only the kernel refuses: the executed notebook shows the ParameterError
+    alone, no traceback, and the build's one-line error quotes it."""
     import nbformat
-    from rmpm.cli import main
+    from papermill.exceptions import PapermillExecutionError
     out = no_results_env / "o.ipynb"
     monkeypatch.setattr(book, "check_parameters", lambda *a: None)  # let it reach the kernel
-    with pytest.raises(book.NotebookError) as e:
+    with pytest.raises(PapermillExecutionError) as e:
         book.execute(paths.notebooks_dir() / "08_claims.ipynb", out,
                      {"profile": "smoke", "alpha": "abc"})
-    msg = str(e.value)
-    assert msg.startswith("ParameterError: 08_claims: parameter alpha='abc' must be a number")
-    assert "\n" not in msg and f"the notebook as executed so far is {out}" in msg
+    want = "ParameterError: 08_claims: parameter alpha='abc' must be a number"
+    assert e.value.traceback == [want]
+    assert book._one_line(e.value).endswith(f"raised {want}")
     nb = nbformat.read(out, as_version=4)
     [err] = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
              if o.output_type == "error"]
-    assert err.traceback == ["ParameterError: 08_claims: parameter alpha='abc' must be a number"]
-    # and as rmpm book prints it
-    monkeypatch.setattr(book, "build", lambda *a, **k: book.execute(
-        paths.notebooks_dir() / "08_claims.ipynb", out, {"profile": "smoke", "alpha": "abc"}))
-    assert main(["book", "--profile", "smoke"]) == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("rmpm book: error: ParameterError: 08_claims: parameter alpha='abc'")
+    assert err.traceback == [want]

@@ -197,3 +197,20 @@ def test_shards_partition_the_deduplicated_recipes():
         shard(recipes, 0, 0)
     with pytest.raises(ValueError, match="shard index=-1 must be >= 0"):
         shard(recipes, -1, 2)
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn", (1, 28, 28)), ("mlp", (1, 8, 8)),
+                                        ("resnet", (3, 16, 16))])
+def test_evaluation_batch_size_changes_no_output_bit(arch, shape):
+    """Evaluation runs in batches of EVAL_BATCH for speed (activations that stay in
+    the caches); every input is computed on its own, so the outputs are the bits
+    that batches of 1,000 (the size used before) give."""
+    import torch
+    from rmpm.pipeline.models import build_model
+    from rmpm.pipeline.train import EVAL_BATCH
+    m = build_model(arch, shape, 10, width=8, seed=1).eval()
+    x = torch.randn(1100, *shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        big = torch.cat([m(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+        small = torch.cat([m(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    assert EVAL_BATCH < 1000 and torch.equal(big, small)

@@ -14,10 +14,12 @@ results, so it never rewrites a finished build either.
 
 A build in progress lives in a hidden ``.partial-<build id>`` folder, claimed by its
 process (:class:`rmpm.pipeline.claims.Claim`), and is renamed to its id only when
-every notebook has run, just before ``latest`` names it: a failed or stopped build
-removes its folder, and one killed outright leaves only a hidden partial folder,
-which the next build removes once its claim has expired. So nothing that looks like
-a finished build is ever left half done.
+every notebook has run, just before ``latest`` names it. A stopped build (Ctrl-C,
+SIGTERM) is removed; a failed one is kept for inspection as ``.failed-<build id>``
+(its status file and the failed notebook); one killed outright leaves its hidden
+partial folder, which the next build, finding its claim expired, moves to
+``.failed-<build id>`` too. So nothing that looks like a finished build is ever
+left half done.
 """
 from __future__ import annotations
 
@@ -74,35 +76,23 @@ def kernel_name() -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-class NotebookError(RuntimeError):
-    """A notebook's cell failed: one line with the notebook, the cell, the error as the
-    kernel raised it (e.g. the ``ValueError`` naming a parameter) and where the
-    partially executed copy is, in place of papermill's long traceback."""
-
-
 def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = None,
             progress: bool = False) -> float:
     """Execute one notebook with papermill; returns the seconds it took.
 
-    Bad parameters raise ``ValueError`` before anything runs. A failing cell raises
-    :class:`NotebookError` (its message first: the error the cell raised), after
-    papermill wrote the partially executed notebook to ``out`` for inspection.
+    A failing cell raises (papermill's PapermillExecutionError), after writing
+    the partially executed notebook to ``out`` for inspection.
     """
     import papermill as pm
     check_parameters(path, params)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    try:
-        # the kernel is killed, not asked to shut down, once its cells have run (their
-        # files are written by then) or when the build is stopped: a kernel asked to shut
-        # down in the middle of a cell prints a traceback of its own
-        pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(cwd or path.parent), progress_bar=progress,
-                            shutdown_kernel="immediate")
-    except pm.PapermillExecutionError as e:
-        raise NotebookError(f"{e.ename}: {e.evalue} (notebook {path.name}, cell "
-                            f"[{e.exec_count}]; the notebook as executed so far is {out})"
-                            ) from None
+    # the kernel is killed, not asked to shut down, once its cells have run (their
+    # files are written by then) or when the build is stopped: a kernel asked to shut
+    # down in the middle of a cell prints a traceback of its own
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
+                        cwd=str(cwd or path.parent), progress_bar=progress,
+                        shutdown_kernel="immediate")
     return time.perf_counter() - t0
 
 
@@ -120,7 +110,7 @@ def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
     return [p for p in nbs if p.stem in only]
 
 
-PARTIAL = ".partial-"
+PARTIAL, FAILED = ".partial-", ".failed-"
 
 
 @dataclass(frozen=True)
@@ -174,9 +164,10 @@ def _partial_claim(folder: Path):
 
 
 def sweep_partial_builds(profile: str, root: Path | None = None) -> int:
-    """Remove the partial folders of ``profile``'s builds whose process is gone (its
-    claim expired: killed, crashed); a build still running keeps its claim, and its
-    folder. Returns how many were removed."""
+    """Move the partial folders of ``profile``'s builds whose process is gone (its
+    claim expired: killed, crashed) aside as failed builds, their status marked
+    ``killed``; a build still running keeps its claim, and its folder. Returns how
+    many were moved."""
     n = 0
     for folder in sorted(((root or builds_root()) / profile).glob(f"{PARTIAL}*")):
         if not folder.is_dir():
@@ -184,7 +175,11 @@ def sweep_partial_builds(profile: str, root: Path | None = None) -> int:
         claim = _partial_claim(folder)
         if claim.try_acquire():
             try:
-                shutil.rmtree(folder, ignore_errors=True)
+                b = Build(profile, folder.name[len(PARTIAL):], folder)
+                failed = fail_build(b)
+                status = _read_status(failed)
+                if status is not None:
+                    _write_status(failed, {**status, "state": "killed"})
                 n += 1
             finally:
                 claim.release()
@@ -226,10 +221,21 @@ def finish_build(b: Build) -> Build:
     return done
 
 
+def fail_build(b: Build) -> Build:
+    """Keep an unfinished build that failed, for inspection, as ``.failed-<id>`` (never
+    named by ``latest``); returns it where it now is."""
+    if not b.dir.name.startswith(PARTIAL):
+        return b
+    failed = Build(b.profile, b.id, b.dir.with_name(f"{FAILED}{b.id}"))
+    b.dir.rename(failed.dir)
+    _release(b)
+    return failed
+
+
 def abandon_build(b: Build) -> None:
-    """Remove an unfinished build's folder (a failed or stopped build's results are
-    never used); a finished build is left alone."""
-    if not b.finished:
+    """Remove a stopped build's partial folder (its results are never used); a
+    finished or failed build is left alone."""
+    if b.dir.name.startswith(PARTIAL):
         shutil.rmtree(b.dir, ignore_errors=True)
     _release(b)
 
@@ -265,6 +271,48 @@ def show_parameters(path: Path, out: Path, params: dict[str, Any]) -> None:
     atomic_write_text(out, nbformat.writes(split_figure_outputs(nb)))
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook of a book build raised; the message names the partially executed
+    notebook and the build's status file."""
+
+
+#: the execution record of a build, in its folder (see :func:`run_notebooks`)
+STATUS = "status.json"
+
+
+def papermill_status(path: Path) -> str | None:
+    """What papermill recorded in executed notebook ``path``: ``completed``, ``failed``
+    (naming the cell as papermill does, by its execution count), or None if it holds no
+    papermill record."""
+    try:
+        nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    pm_meta = nb.get("metadata", {}).get("papermill")
+    if not pm_meta:
+        return None
+    if not pm_meta.get("exception"):
+        return "completed"
+    failed = [c.get("execution_count") for c in nb.get("cells", [])
+              if c.get("metadata", {}).get("papermill", {}).get("status") == "failed"]
+    return f"failed at In [{failed[0]}]" if failed else "failed"
+
+
+def _write_status(build: Build, status: dict[str, Any]) -> Path:
+    path = build.dir / STATUS
+    atomic_write_text(path, json.dumps(status, indent=1))
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+    if isinstance(e, PapermillExecutionError):
+        value = (e.evalue or "").strip().splitlines()
+        return f"In [{e.exec_count}] raised {e.ename}: {value[0] if value else ''}".strip()
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
                   out_dir: Path | None = None, build: Build | None = None,
                   builds_dir: Path | None = None) -> dict[str, float]:
@@ -274,11 +322,26 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     see :func:`new_build`); when every notebook ran, it becomes the profile's latest.
     The notebooks get the profile's name (a papermill parameter) and resolve it
     themselves, in their kernels.
+
+    The build's ``status.json`` records, per notebook, whether it ran in this build or
+    was reused (an ``--only`` build inherits the other chapters' results and their
+    record from the previous build), its run time and papermill's status; it is
+    rewritten after every notebook, so a killed build leaves it too. A failing
+    notebook stops the build with :class:`NotebookFailed` naming the partially
+    executed notebook papermill wrote (a copy is kept in the build folder, since the
+    next build overwrites ``book/_executed``) and the status file; the build is then
+    kept as ``.failed-<id>`` (:func:`fail_build`). A stopped one (Ctrl-C, SIGTERM) is
+    removed, and says so in the note of its ``KeyboardInterrupt``.
     """
     p = get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
     nbs = select_notebooks(only)
+    prev = latest_build(p.name, builds_dir) if only else None  # what new_build inherits
     build = build or new_build(p, builds_dir, inherit=bool(only))
+    commit = git_commit()
+    status = {"profile": p.name, "build": build.id, "state": "running",
+              "notebooks": _status_entries(nbs, prev, out_dir)}
+    _write_status(build, status)
     timings = {}
     params = {"profile": p.name}
     try:
@@ -286,14 +349,45 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
             for nb in nbs:
                 print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
                       flush=True)
-                timings[nb.stem] = execute(nb, out_dir / nb.name, params)
-                show_parameters(nb, out_dir / nb.name, params)
+                out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
+                before = out.stat().st_mtime_ns if out.exists() else None
+                t0 = time.perf_counter()
+                try:
+                    timings[nb.stem] = execute(nb, out, params)
+                except Exception as e:
+                    build = fail_build(build)  # kept for inspection, under a name of its own
+                    fresh = out.exists() and out.stat().st_mtime_ns != before
+                    kept = None
+                    if fresh:  # papermill wrote what ran so far; the next build overwrites it
+                        kept = build.dir / "failed" / nb.name
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(out, kept)
+                    entry.update(state="failed", build=build.id,
+                                 seconds=round(time.perf_counter() - t0, 1),
+                                 papermill=papermill_status(out) if fresh else None,
+                                 error=_one_line(e), partial=str(kept) if kept else None)
+                    status["state"] = "failed"
+                    spath = _write_status(build, status)
+                    where = (f"the partially executed notebook is {out} (kept as {kept})" if kept
+                             else "it failed before papermill wrote a notebook")
+                    raise NotebookFailed(f"{nb.name} failed in build {build.id}: "
+                                         f"{entry['error']}; {where}; status: {spath}") from None
+                show_parameters(nb, out, params)
+                annotate_figures(out, nb.stem, build, commit)
+                entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
+                             papermill=papermill_status(out))
+                _write_status(build, status)
                 print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
-    except BaseException as e:
+        status["state"] = "finished"
+        _write_status(build, status)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the build is discarded
         abandon_build(build)
-        if isinstance(e, KeyboardInterrupt) and not getattr(e, "note", ""):
+        if not getattr(e, "note", ""):
             e.note = _unfinished(build, f"{len(timings)} of {len(nbs)} notebook(s) had run",
                                  builds_dir)
+        raise
+    except BaseException:
+        fail_build(build)
         raise
     finish_build(build)
     return timings
@@ -304,6 +398,51 @@ def _unfinished(b: Build, done: str, root: Path | None = None) -> str:
     latest = latest_build(b.profile, root)
     return (f"build {b.id} was not finished ({done}) and is discarded; the latest "
             f"{b.profile} build is still {latest.id if latest else 'none'}")
+
+
+def git_commit() -> str:
+    """The checkout's commit, marked when tracked files have uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
+
+
+def annotate_figures(out: Path, name: str, build: Build, commit: str) -> None:
+    """Under every numbered figure of executed notebook ``out``, its provenance line
+    (:mod:`rmpm.book.provenance`): this notebook, the rmpm functions the cell calls,
+    the chapter's result file and digest, the build and the commit."""
+    import nbformat
+
+    from . import records
+    from .provenance import add_figure_provenance
+    digest = records.digests().get(name)
+    nb = add_figure_provenance(nbformat.read(out, as_version=4), name,
+                               name if digest else None, digest, build.id, commit)
+    atomic_write_text(out, nbformat.writes(nb))
+
+
+def _status_entries(selected: list[Path], prev: Build | None,
+                    out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The initial record: the selected notebooks pending, the others reused from
+    ``prev`` (with the record of the build that really ran them)."""
+    names = {p.stem for p in selected}
+    old = {}
+    if prev is not None and (prev.dir / STATUS).is_file():
+        old = json.loads((prev.dir / STATUS).read_text()).get("notebooks", {})
+    out = {}
+    for nb in notebook_paths():
+        if nb.stem in names:
+            out[nb.stem] = {"state": "pending", "build": None, "seconds": None,
+                            "papermill": None, "notebook": str(out_dir / nb.name)}
+        elif prev is not None:
+            was = old.get(nb.stem, {})
+            out[nb.stem] = {"state": "reused", "build": was.get("build") or prev.id,
+                            "seconds": was.get("seconds"), "papermill": was.get("papermill"),
+                            "notebook": str(out_dir / nb.name)}
+    return out
 
 
 def kernel_env(deterministic: bool = True) -> dict[str, str]:
@@ -353,11 +492,7 @@ def write_build_info(profile: str | Profile, timings: dict[str, float],
     build = build or latest_build(p.name)
     gen = paths.generated_dir()
     gen.mkdir(parents=True, exist_ok=True)
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=paths.repo_root()).stdout.strip()
-    commit = git("rev-parse", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
+    commit = git_commit()
     info = {"profile": p.name, "timings_s": timings, "total_s": sum(timings.values()),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
@@ -365,18 +500,28 @@ def write_build_info(profile: str | Profile, timings: dict[str, float],
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "build": build.id if build else None,
             "results_dir": str(build.results_dir) if build else None,
+            "execution": _read_status(build),
             **_engine_info(engine_info)}
     path = gen / "build_info.json"
     atomic_write_text(path, json.dumps(info, indent=1))
     if build is not None:
         atomic_write_text(build.dir / "build_info.json", json.dumps(info, indent=1))
         with build_env(build):  # the page and manifest list this build's result files only
-            write_manifest(info, p)
+            mpath = write_manifest(info, p)
             write_reproducibility_page(info, p)
+        # kept with the build too: `rmpm store export` packs the entries it lists
+        atomic_write_text(build.dir / "manifest.json", mpath.read_text())
     else:
         write_manifest(info, p)
         write_reproducibility_page(info, p)
     return path
+
+
+def _read_status(build: Build | None) -> dict[str, Any] | None:
+    try:
+        return json.loads((build.dir / STATUS).read_text()) if build is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _engine_info(engine_info: dict[str, Any] | None) -> dict[str, Any]:
@@ -460,6 +605,7 @@ def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
     lines += ["", "Factors and their values (seed-like factors: offsets added to the "
               "replicate's seed):", "", "| factor | values |", "|---|---|"]
     lines += [f"| {f} | {', '.join(map(str, v))} |" for f, v in p.factors.items()]
+    lines += execution_section(info)
     lines += ["", "## Timings", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in info["timings_s"].items()]
     where = (f"build `{info['build']}`, `book/_generated/builds/{p.name}/{info['build']}/results/`"
@@ -476,6 +622,28 @@ def reproducibility_page(info: dict[str, Any], p: Profile | None = None) -> str:
               "(`rmpm.paths.store_root()`), keyed by the SHA-256 of their recipe; the "
               "result files list the keys of the models they used.", ""]
     return "\n".join(lines)
+
+
+def execution_section(info: dict[str, Any]) -> list[str]:
+    """The page's "Execution status": per notebook, whether it ran in this build or was
+    reused from an earlier one (an ``--only`` build), its run time and papermill's status."""
+    status = info.get("execution")
+    if not status:
+        return []
+    here = status.get("build")
+    lines = ["", "## Execution status", "",
+             f"Every chapter is a notebook executed by papermill. Build `{here}` "
+             + ("executed all of them." if all(e["state"] == "ran" for e in
+                                               status["notebooks"].values())
+                else "executed those marked *ran*; the others are *reused*: their results "
+                     "and pages come from the earlier build named (an `--only` build)."), "",
+             "| notebook | in this build | executed by build | run time (s) | papermill status |",
+             "|---|---|---|---|---|"]
+    for name, e in status["notebooks"].items():
+        secs = "" if e.get("seconds") is None else f"{e['seconds']:.1f}"
+        lines.append(f"| [{name}](../_executed/{name}.ipynb) | {e['state']} | "
+                     f"`{e.get('build') or '?'}` | {secs} | {e.get('papermill') or 'unknown'} |")
+    return lines
 
 
 def compute_section(info: dict[str, Any]) -> list[str]:

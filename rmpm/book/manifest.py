@@ -49,14 +49,24 @@ def _h_arrays(items: Iterable[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 of a state dict's tensors (independent of how ``torch.save`` lays out the file)."""
+    return _h_arrays((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (independent of the npz file's timestamps)."""
+    return _h_arrays(arrays.items())
+
+
 def model_digest(entry: ModelEntry) -> str:
-    """SHA-256 of the model's weights (independent of how ``torch.save`` lays out the file)."""
-    return _h_arrays((k, v.detach().cpu().numpy()) for k, v in entry.state_dict().items())
+    """The content digest of a stored model: :func:`weights_digest` of its weights."""
+    return weights_digest(entry.state_dict())
 
 
 def eval_digest(entry: EvalEntry) -> str:
-    """SHA-256 of the evaluation's arrays (independent of the npz file's timestamps)."""
-    return _h_arrays(entry.arrays().items())
+    """The content digest of a stored evaluation: :func:`arrays_digest` of its arrays."""
+    return arrays_digest(entry.arrays())
 
 
 def _stable(obj: Any) -> Any:

@@ -61,6 +61,42 @@ def layer_profile(layers: Sequence[str], series: Mapping[str, tuple[np.ndarray, 
     return fig
 
 
+def accuracy_spread(populations, reference=None, floors: Mapping[str, float] | None = None):
+    """Test accuracy of every factor population (rows: factors; a line from the lowest
+    to the highest model, a dot at the mean), one panel per data set; the reference
+    population's range as a grey band and the profile's floor as a dashed line.
+    ``populations``: :func:`rmpm.book.populations.population_accuracy`; ``reference``:
+    the summary of :func:`rmpm.book.populations.reference_accuracy`."""
+    datasets = list(dict.fromkeys(populations["dataset"]))
+    factors = list(dict.fromkeys(populations["factor"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets) + 1.4,
+                                                        0.3 * len(factors) + 1.3),
+                             squeeze=False, sharey=True)
+    colours = factor_colours(factors)
+    y = {f: i for i, f in enumerate(reversed(factors))}
+    for ax, ds in zip(axes[0], datasets):
+        t = populations[populations["dataset"] == ds]
+        if reference is not None and ds in reference.index:
+            ax.axvspan(reference.loc[ds, "min"], reference.loc[ds, "max"], color="0.85",
+                       label="reference population")
+        if floors and ds in floors:
+            ax.axvline(floors[ds], color="tab:red", ls="--", lw=1, label="accuracy floor")
+        for _, r in t.iterrows():
+            yi = y[r["factor"]]
+            ax.plot([r["min"], r["max"]], [yi, yi], color=colours[r["factor"]], lw=2)
+            ax.plot(r["test_acc"], yi, "o", color=colours[r["factor"]], ms=4)
+        ax.set_title(ds, fontsize=9)
+        ax.set_xlabel("test accuracy")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(list(y.values()))
+    axes[0][0].set_yticklabels(list(y.keys()), fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 # -- finite samples and exposing multiplicity (chapters 06 and 07) ------------
 
 def estimate_vs_n(frames: Mapping[str, "object"], full: Mapping[str, float] | None = None,

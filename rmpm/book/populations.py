@@ -197,6 +197,72 @@ def load_population(results_or_recipes: Sequence[RunResult] | Sequence[Recipe] |
                           arrays[0]["labels"], arrays)
 
 
+ACCURACY_COLUMNS = ("train_acc", "test_acc", "gap", "ood_acc")
+
+
+def reference_accuracy(profile: str | Profile, datasets: Sequence[str] | None = None,
+                       n_models: int | None = None, device: str | None = None,
+                       store: Store | str | None = None, n_boot: int | None = None,
+                       seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Experiment 2 on every data set (default: the profile's): are the reference
+    population's models equally good?
+
+    Returns (per model: data set, key, seeds and :data:`ACCURACY_COLUMNS`; per data
+    set: the mean test accuracy with a 95 % bootstrap interval over models, its
+    range, the mean train accuracy, gap and OOD accuracy, and the profile's floor
+    ``min_test_acc`` with whether every model reaches it)."""
+    from ..measures import stats
+    p = get_profile(profile)
+    n_boot = p.n_boot if n_boot is None else check_range("n_boot", n_boot, 1, integer=True)
+    per_model, summary = [], []
+    for ds in datasets or p.datasets:
+        _, data = reference_runs(p, ds, n_models, device, store=store)
+        m = data.metrics
+        table = m[["key", "init_seed", "order_seed", *[c for c in ACCURACY_COLUMNS if c in m]]]
+        per_model.append(table.assign(dataset=ds)[["dataset", *table.columns]])
+        ci = stats.bootstrap_ci(np.mean, m["test_acc"].to_numpy(), n_boot=n_boot, seed=seed)
+        floor = p.min_test_acc.get(ds)
+        summary.append({"dataset": ds, "models": len(m), "test_acc": ci.estimate,
+                        "low": ci.low, "high": ci.high, "min": float(m["test_acc"].min()),
+                        "max": float(m["test_acc"].max()),
+                        **{c: float(m[c].mean()) for c in ("train_acc", "gap", "ood_acc")
+                           if c in m},
+                        "floor": floor,
+                        "every model reaches it": None if floor is None
+                        else bool(m["test_acc"].min() >= floor)})
+    return (pd.concat(per_model, ignore_index=True),
+            pd.DataFrame(summary).set_index("dataset"))
+
+
+def population_accuracy(profile: str | Profile, datasets: Sequence[str] | None = None,
+                        store: Store | str | None = None, train: bool | None = None,
+                        device: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """Test accuracy of every factor population, one row per (data set, factor):
+    mean, lowest and highest over its models in all replicates, and the mean range
+    within one population (what "equally good" means inside it). Trains what is
+    missing first, as :func:`factor_table` does (``train``)."""
+    p = get_profile(profile)
+    st = store if isinstance(store, Store) else Store(store)
+    if train is None:
+        train = not trained_by_build(p)
+    rows = []
+    for ds in datasets or p.datasets:
+        pops = factor_populations(p, ds)
+        if train:
+            train_profile(p, [ds], list(pops), device=device or p.device, store=st,
+                          progress=progress)
+        for factor, reps in pops.items():
+            accs = [[st.model(r).metrics["test_acc"] for r in pop.recipes] for pop in reps]
+            flat = [a for pop in accs for a in pop]
+            rows.append({"dataset": ds, "factor": factor,
+                         "values": ", ".join(map(str, reps[0].values)),
+                         "models": len(flat), "test_acc": float(np.mean(flat)),
+                         "min": float(np.min(flat)), "max": float(np.max(flat)),
+                         "range within a population": float(np.mean(
+                             [max(a) - min(a) for a in accs]))})
+    return pd.DataFrame(rows)
+
+
 def describe_recipe_difference(recipes: Sequence[Recipe]) -> dict[str, list[Any]]:
     """Fields whose values differ across ``recipes`` (what a population varies)."""
     dicts = [r.to_dict() for r in recipes]

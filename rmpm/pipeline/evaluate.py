@@ -121,7 +121,10 @@ def layers_in(keys: Iterable[str]) -> list[str]:
 
 
 @torch.no_grad()
-def _probs(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int = 1000) -> np.ndarray:
+def _probs(model: nn.Module, x: torch.Tensor, device: torch.device,
+           bs: int | None = None) -> np.ndarray:
+    from .train import EVAL_BATCH
+    bs = bs or EVAL_BATCH
     out = [F.softmax(model(x[i:i + bs].to(device)).float(), dim=1).cpu()
            for i in range(0, len(x), bs)]
     return torch.cat(out).numpy().astype(np.float32)
@@ -149,7 +152,7 @@ def evaluate(models: Sequence[nn.Module], dataset: str, spec: EvalSpec,
              device: str | torch.device = "cpu") -> list[tuple[dict, dict[str, np.ndarray]]]:
     """Evaluate each model under ``spec``; returns (metrics, arrays) per model."""
     from ..measures.activations import capture
-    from .train import normalise
+    from .train import EVAL_BATCH, normalise
     device = torch.device(device)
     idx, x01, y = test_sample(dataset, spec)
     yn = y.numpy()
@@ -159,7 +162,7 @@ def evaluate(models: Sequence[nn.Module], dataset: str, spec: EvalSpec,
     xin = normalise(dataset, x01)
     for m in models:
         p = _probs(m, xin, device)
-        acts = capture(m, xin[:spec.n_probe])
+        acts = capture(m, xin[:spec.n_probe], batch_size=EVAL_BATCH)
         arrays = {"test_idx": idx.numpy(), "labels": yn, pred_key(): p,
                   **reduce_activations(acts, spec)}
         metrics = {"iid_acc": float((p.argmax(1) == yn).mean()),

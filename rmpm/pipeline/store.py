@@ -438,10 +438,14 @@ def entry_digest(d: Path) -> str:
     timestamps): what derived results record about their inputs."""
     manifest = read_manifest(d)
     if manifest is None:
-        files = {f.name: sha256_file(f) for f in _entry_files(d)}
-    else:
-        files = {k: v["sha256"] for k, v in manifest["files"].items()}
-    files.pop("meta.json", None)
+        return files_digest({f.name: sha256_file(f) for f in _entry_files(d)})
+    return files_digest({k: v["sha256"] for k, v in manifest["files"].items()})
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """:func:`entry_digest` from an entry's ``{file name: SHA-256}`` (meta.json left out),
+    for entries not (yet) in a store folder, e.g. inside a result archive."""
+    files = {k: v for k, v in files.items() if k != "meta.json"}
     return sha256_bytes(json.dumps(files, sort_keys=True).encode())
 
 

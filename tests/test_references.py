@@ -1,0 +1,110 @@
+"""The bibliography: every key the book cites exists in book/references.bib, every
+entry has an author, a title and a year and renders without raw TeX, and the book's
+configuration lists it and ends with the references page."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIB = ROOT / "book" / "references.bib"
+#: {cite}`a`, {cite:p}`a,b`, {cite:t}`a`, {cite:ps}`a`, ... (sphinxcontrib-bibtex's roles)
+CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]*)`")
+
+
+def cited_keys(text: str) -> set[str]:
+    return {k.strip() for group in CITE.findall(text) for k in group.split(",") if k.strip()}
+
+
+def _sources() -> dict[str, str]:
+    """Every text a citation can come from: the hand-written pages, the notebooks' cells
+    (markdown, and code that displays Markdown) and rmpm's modules (generated pages)."""
+    out = {str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "book").glob("*.md"))}
+    for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(p.read_text())["cells"]
+        out[str(p.relative_to(ROOT))] = "\n".join(
+            "".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
+    for p in sorted((ROOT / "rmpm").rglob("*.py")):
+        out[str(p.relative_to(ROOT))] = p.read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def bib():
+    from pybtex.database import parse_file
+    return parse_file(str(BIB))  # duplicate keys raise here (pybtex's strict mode)
+
+
+def test_cite_pattern_finds_every_role_form():
+    text = ("see {cite:p}`a2020, b2021` and {cite:t}`c` or {cite}`d`; {cite:ps}`e`; "
+            "not `{cite:p}` alone")
+    assert cited_keys(text) == {"a2020", "b2021", "c", "d", "e"}
+
+
+def test_every_cited_key_is_in_the_bibliography(bib):
+    missing = {}
+    for where, text in _sources().items():
+        unknown = sorted(cited_keys(text) - set(bib.entries))
+        if unknown:
+            missing[where] = unknown
+    assert not missing, f"cited but not in {BIB.name}: {missing}"
+    # the hand-written pages do cite (a pattern that matched nothing would pass vacuously)
+    assert len(cited_keys((ROOT / "book" / "intro.md").read_text())) >= 20
+
+
+def test_every_entry_has_author_title_year(bib):
+    bad = {}
+    for key, e in bib.entries.items():
+        lacking = [f for f in ("title", "year") if not e.fields.get(f, "").strip()]
+        if not e.persons.get("author"):
+            lacking.append("author")
+        year = e.fields.get("year", "")
+        if year and not re.fullmatch(r"(19|20)\d\d", year):
+            lacking.append(f"year {year!r} is not a year")
+        if lacking:
+            bad[key] = lacking
+    assert not bad, bad
+
+
+def test_the_replicated_paper_is_there_in_both_versions(bib):
+    v1, v2 = bib.entries["heljakka2022representational"], bib.entries["heljakka2023disentangling"]
+    assert v1.fields["eprint"] == "2206.08890v1" and v2.fields["eprint"] == "2206.08890v2"
+    assert "Representational Multiplicity" in v1.fields["title"]
+    assert "Disentangling Model Multiplicity" in v2.fields["title"]
+    for e in (v1, v2):
+        assert [str(p) for p in e.persons["author"]] == [
+            "Heljakka, Ari", "Trapp, Martin", "Kannala, Juho", "Solin, Arno"]
+
+
+def test_every_entry_renders_without_raw_tex(bib):
+    """Formatting needs each entry type's required fields (a missing one raises) and
+    must leave no TeX markup that the HTML would show verbatim."""
+    from pybtex.plugin import find_plugin
+    style = find_plugin("pybtex.style.formatting", "unsrt")()
+    text = find_plugin("pybtex.backends", "text")()
+    rendered = {e.key: e.text.render(text) for e in style.format_entries(bib.entries.values())}
+    assert set(rendered) == set(bib.entries)
+    raw = {k: v for k, v in rendered.items() if re.search(r"[\\${}]", v)}
+    assert not raw, raw
+
+
+def test_no_invented_identifiers(bib):
+    """DOIs and arXiv ids have their registries' shapes (a typo'd or made-up one is
+    likelier to break the shape than to keep it)."""
+    for key, e in bib.entries.items():
+        if "doi" in e.fields:
+            assert re.fullmatch(r"10\.\d{4,5}/\S+", e.fields["doi"]), key
+        if "eprint" in e.fields:
+            assert re.fullmatch(r"\d{4}\.\d{5}(v\d+)?", e.fields["eprint"]), key
+
+
+def test_book_config_uses_the_bibliography_and_ends_with_it():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["bibtex_bibfiles"] == [str(BIB.relative_to(ROOT))]
+    assert cfg["sphinx"]["config"]["bibtex_reference_style"] == "author_year"
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert toc["parts"][-1]["chapters"][-1]["file"] == "book/references"
+    page = (ROOT / "book" / "references.md").read_text()
+    assert re.search(r"```\{bibliography\}\n:all:\n```", page)
