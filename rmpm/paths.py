@@ -107,3 +107,10 @@ def generated_dir() -> Path:
     if root is None:
         raise RuntimeError("the book is built from the rmpm source checkout; run from a clone")
     return root / "book" / "_generated"
+
+
+def calibration_dir() -> Path:
+    """Cached calibration simulations (rmpm.book.calibration), one file per
+    scenario, keyed by design, rule and simulation versions, number of
+    simulations and seed."""
+    return cache_root() / "calibration"

@@ -107,9 +107,18 @@ def test_group_difference_and_layer_intervals():
 
 def test_measure_agreement_monotone_and_reversed():
     t = _table(lambda ds, i, r: 0.1 * i + 0.01 * r)
+    t["rm_adj"] = t["rm"]
+    t["rm_dcka_adj"] = np.sqrt(t["rm"] + 1)               # same order, chance-adjusted
     ag = A.measure_agreement(t, n_boot=100)
-    assert ag["cka"]["r"] == pytest.approx(1.0)      # 2 v + 1: same order
-    assert ag["pwcca"]["r"] == pytest.approx(-1.0)   # -v: reversed order
+    assert set(ag) == {"debiased CKA (adj.)", "linear CKA (raw)", "PWCCA (raw)"}  # no rm_k_adj
+    assert ag["linear CKA (raw)"]["r"] == pytest.approx(1.0)   # 2 v + 1: same order
+    assert ag["PWCCA (raw)"]["r"] == pytest.approx(-1.0)       # -v: reversed order
+    assert ag["debiased CKA (adj.)"]["r"] == pytest.approx(1.0)
+    ranks = A.measure_rankings(t)
+    assert list(ranks.index) == FACTORS[::-1]                  # largest rm_adj first
+    assert (ranks["PWCCA (raw) rank"].to_numpy() == np.arange(5, 0, -1)).all()
+    assert A.shares_initialisation("lr") and not A.shares_initialisation("both_seeds")
+    assert not A.shares_initialisation("width") and A.shares_initialisation("order_seed")
 
 
 def _pm_table(pm_of, n_pop=6, kinds=("noise", "blur"), sevs=(1, 3, 5)):

@@ -58,12 +58,26 @@ def test_bad_shard_is_a_clear_error(tmp_path, capsys):
     assert "shard index=2 must be <= 1" in capsys.readouterr().err
 
 
-def test_calibrate_prints_rates_per_claim_and_level(capsys):
+def test_calibrate_prints_rates_per_claim_and_level(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RMPM_CACHE", str(tmp_path))
     assert main(["calibrate", "--profile", "smoke", "--n-sim", "3"]) in (0, 1)
     out = capsys.readouterr().out
-    assert "profile smoke: 1 data set(s) x 2 replicates x 12 factors" in out
+    assert "profile smoke: 1 data set(s) (fashion_mnist) x 2 replicates x 12 factors" in out
     for claim in ("C1", "C2", "C3", "C4"):
         assert claim in out
-    assert "false-positive rate" in out and "power" in out and "partly or better" in out
+    for noise in ("iid", "unequal_heavy", "clustered", "shared", "combined"):
+        assert f"FPR {noise}" in out
+    assert "power (iid)" in out and "partly or better" in out and "premise holds" in out
+    assert "29 scenarios took" in out and "0 reused from the cache" in out
+    # a rebuild reuses every simulation; a what-if design is simulated anew
+    assert main(["calibrate", "--profile", "smoke", "--n-sim", "3"]) in (0, 1)
+    assert "29 reused from the cache" in capsys.readouterr().out
+    assert main(["calibrate", "--profile", "smoke", "--n-sim", "3", "--datasets", "a", "b",
+                 "c", "--replicates", "3"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "(what if: --datasets, --replicates): 3 data set(s) (a, b, c) x 3 replicates" in out
+    assert "0 reused from the cache" in out
+    assert main(["calibrate", "--profile", "smoke", "--n-sim", "3", "--datasets", "a", "a"]) == 2
+    assert "names a data set twice" in capsys.readouterr().err
     assert main(["calibrate", "--profile", "smoke", "--n-sim", "0"]) == 2
     assert "--n-sim=0 must be >= 1" in capsys.readouterr().err

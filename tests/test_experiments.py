@@ -97,3 +97,27 @@ def test_factor_table_for_a_resnet(store):
     assert df["pm:iid"].iloc[0] > 0
     from rmpm.book.factor_analysis import layer_names
     assert layer_names(df) == layers
+
+
+def test_kept_dimensions_are_recorded_and_saturated_layers_left_out(store):
+    df = X.factor_table(TINY, store=store, progress=False)
+    for layer in ("conv1", "conv2", "fc", "logits"):
+        assert (df[f"dims:{layer}"] >= 1).all() and (df[f"rows:{layer}"] == 50).all()
+        assert (df[f"fill:{layer}"] >= df[f"dims:{layer}"] / 49 - 1e-12).all()
+    # one set of layers per data set, exactly those some population saturates
+    assert df["flagged_layers"].nunique() == 1 and df["rm_layers"].nunique() == 1
+    expect = [k for k in ("conv1", "conv2", "fc") if (df[f"fill:{k}"] >= X.MAX_FILL).any()]
+    assert df["flagged_layers"].iloc[0] == ",".join(expect)
+    used = df["rm_layers"].iloc[0].split(",")
+    assert used == [k for k in ("conv1", "conv2", "fc") if k not in expect]
+    assert np.allclose(df["rm_adj"], df[[f"rm_adj:{k}" for k in used]].mean(axis=1))
+    assert np.allclose(df["rm"], df[[f"rm:{k}" for k in used]].mean(axis=1))
+    # the cross-checks on the same chance-adjusted footing, over the same layers
+    for k in ("rm_dcka", "rm_k"):
+        ratio = df[[f"{k}:{l}" for l in used]].to_numpy() / df[[f"{k}_null:{l}" for l in used]].to_numpy()
+        assert np.allclose(df[f"{k}_adj"], ratio.mean(axis=1)) and df[f"{k}_adj"].gt(0).all()
+    # a limit every layer reaches: all are used, and rm_layers says they are all flagged
+    strict = X.factor_table(TINY, store=store, progress=False, max_fill=1e-9)
+    assert (strict["rm_layers"] == "all flagged: conv1,conv2,fc").all()
+    with pytest.raises(ValueError, match="max_fill=0 must be > 0"):
+        X.factor_table(TINY, store=store, progress=False, max_fill=0)

@@ -142,3 +142,91 @@ def test_flatten_conv_reports_the_input_of_every_row():
     assert rows.shape == (20, 3) and inputs.shape == (20,)
     for r, i in zip(rows, inputs):
         assert any(torch.equal(r, x[i, :, h, w]) for h in range(4) for w in range(4))
+
+
+class _FakePopulation:
+    """What small_sample_measures reads from a PopulationData: two hidden layers
+    (a narrow one and one as wide as the small sample) and the logits."""
+
+    def __init__(self, seed, n=80, m=3, k=4):
+        rng = np.random.default_rng(seed)
+        self.labels = rng.integers(0, k, n)
+        self._p = {("iid", None): _probs(m, n, k, seed),
+                   ("blur", 1): _probs(m, n, k, seed + 1, noise=2.0)}
+        z = rng.normal(size=(n, 40))
+        self._acts = {"narrow": [z[:, :3] + 0.3 * rng.normal(size=(n, 3)) for _ in range(m)],
+                      "wide": [z + 0.3 * rng.normal(size=(n, 40)) for _ in range(m)],
+                      "logits": [rng.normal(size=(n, k)) for _ in range(m)]}
+
+    def probs(self, kind="iid", severity=None):
+        return self._p[(kind, severity)]
+
+    def shifts(self):
+        return [("blur", 1)]
+
+    def layers(self):
+        return ["narrow", "wide", "logits"]
+
+    def activations(self, layer, conv="pool"):
+        return self._acts[layer]
+
+    def row_inputs(self, layer, conv="pool"):
+        return None
+
+
+def _fake_table(max_fill=None):
+    pops = [({"dataset": ds, "factor": f, "replicate": r}, _FakePopulation(100 * i + 10 * j + r))
+            for i, ds in enumerate(("a", "b")) for j, f in enumerate(("lr", "width", "dropout"))
+            for r in range(2)]
+    return S.small_sample_table(pops, 30, keep=0.99, max_fill=max_fill)
+
+
+def test_small_sample_rm_leaves_out_layers_as_wide_as_the_sample():
+    t = _fake_table()
+    assert (t["dims_small:wide"] > 20).all() and (t["dims_small:narrow"] <= 3).all()
+    assert (t["fill_small:wide"] >= 1).all()
+    assert (t["flagged_small"] == "wide").all() and (t["rm_small_layers"] == "narrow").all()
+    assert np.allclose(t["rm_small"], t["rm_small:narrow"] / t["rm_small_null:narrow"])
+    assert np.allclose(t["rm_small_raw"], t["rm_small:narrow"])
+    # no limit: both layers; a limit every layer reaches: RM is left out of the tests
+    loose = _fake_table(max_fill=100.0)
+    assert (loose["flagged_small"] == "").all()
+    both = (loose[["rm_small:narrow", "rm_small:wide"]].to_numpy()
+            / loose[["rm_small_null:narrow", "rm_small_null:wide"]].to_numpy()).mean(axis=1)
+    assert np.allclose(loose["rm_small"], both)
+    strict = _fake_table(max_fill=1e-9)
+    assert strict["rm_small"].isna().all()
+    from rmpm.book import decisions as D
+    ev = D.c2_evidence(strict, 30, n_perm=20, n_boot=0)
+    assert ev.rm_acc is None and ev.rm_pm is None and ev.pm_acc is not None
+    # RM untestable on one data set only: the prediction is tested on the other
+    mixed = t.copy()
+    mixed.loc[mixed["dataset"] == "b", "rm_small"] = np.nan
+    ev = D.c2_evidence(mixed, 30, n_perm=20, n_boot=0)
+    assert ev.rm_acc.n_datasets == 1 and set(ev.rm_acc.per_dataset) == {"a"}
+    assert ev.pm_acc.n_datasets == 2
+    dims = S.kept_dims_table(t)
+    assert list(dims.columns) == ["narrow", "wide"] and len(dims) == 6
+
+
+def test_label_free_and_labelled_error_estimates():
+    rng = np.random.default_rng(0)
+    n = 24
+    t = pd.DataFrame({"dataset": np.repeat(["a", "b"], 12),
+                      "factor": np.tile(np.repeat(["f1", "f2", "f3", "f4", "f5", "f6"], 2), 2),
+                      "replicate": np.tile([0, 1], 12)})
+    err = rng.uniform(0.1, 0.4, n)
+    t["acc_iid_rest"] = 1 - err
+    t["disagree_small"] = err            # a perfect label-free estimate
+    t["acc_small"] = 1 - err - 0.05      # a labelled one, 5 points too pessimistic
+    est = S.error_estimates(t, n_boot=200).set_index("estimate")
+    free = est.loc["disagreement on the small sample"]
+    assert free["bias"] == pytest.approx(0) and free["mean abs. error"] == pytest.approx(0)
+    assert free["spearman"] == pytest.approx(1, abs=1e-5) and not free["needs labels"]
+    lab = est.loc["error on the small labelled sample"]
+    assert lab["bias"] == pytest.approx(0.05) and lab["needs labels"]
+    assert lab["bias low"] <= lab["bias"] <= lab["bias high"]
+    pred = S.generalisation_predictors(t.assign(acc_ood_rest=t["acc_iid_rest"]), n_boot=200)
+    row = pred[(pred["predictor"] == "disagreement, no labels") & (pred["target"] == "OOD accuracy")]
+    assert row["spearman"].iloc[0] == pytest.approx(-1, abs=1e-5)
+    assert (pred["low"] <= pred["spearman"] + 1e-12).all() and (pred["spearman"] <= pred["high"] + 1e-12).all()

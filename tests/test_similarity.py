@@ -324,3 +324,21 @@ def test_int_keep_is_capped_at_rank():
     assert S.n_kept(np.array([3.0, 2.0, 1.0, 0.0]), 1.0) == 3
     assert S.n_kept(np.array([1.0, 1.0, 1.0, 1.0]), 0.5) == 2
     assert S.n_kept(np.array([1.0, 1.0, 1.0, 1.0]), 0.51) == 3
+
+
+def test_subspace_fill_counts_the_forced_canonical_correlations():
+    from rmpm.measures.similarity import subspace_fill, svcca_basis
+    rng = np.random.default_rng(0)
+    n = 21
+    a, b = rng.normal(size=(n, 12)), rng.normal(size=(n, 14))
+    ka, kb = svcca_basis(a, 1.0).shape[1], svcca_basis(b, 1.0).shape[1]
+    fill = subspace_fill([ka, kb], n)
+    assert fill == pytest.approx((ka + kb) / (n - 1)) and fill > 1
+    # independent count: canonical correlations of the two centred column spaces
+    qa = np.linalg.qr(a - a.mean(0))[0]
+    qb = np.linalg.qr(b - b.mean(0))[0]
+    rho = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    assert (rho > 1 - 1e-9).sum() == ka + kb - (n - 1)
+    assert subspace_fill([3], 7) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n_rows=1 must be >= 2"):
+        subspace_fill([1, 1], 1)

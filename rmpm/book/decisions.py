@@ -2,33 +2,50 @@
 
 Each function here turns the table a chapter builds into a small, typed
 *evidence* record (a frozen dataclass), which the chapter saves and
-:mod:`rmpm.book.claims` turns into a verdict. The same functions run inside the
-simulations of :mod:`rmpm.book.calibration`, so the false-positive rates printed
-beside the verdicts are those of exactly this code.
+:mod:`rmpm.book.claims` turns into a verdict. The statistics themselves are
+array functions (``*_core``) that take a stack of simulations as well as one
+table, so :mod:`rmpm.book.calibration` runs exactly this code, vectorised, and
+the false-positive rates printed beside the verdicts are those of this code.
 
-Units and nulls (the choices are ours; the paper's text is not available):
+Units and nulls (the choices are ours; the paper's text is not available). The
+data are shaped by the design: a *block* is a (data set, replicate); within a
+block every factor's population starts from the same replicate base recipe, and
+in most factors a population's models share their initial weights; a
+population's RM and PM are measured on the same models, so their noise is
+shared. The tests are built so that none of that can fake a result:
 
-* **C1** (some training differences give systematically larger RM). Blocks are
-  (data set, replicate); within a block every factor's population starts from
-  the same base recipe. Statistic: Kendall's W of the factor ranking across
-  blocks (equivalently Friedman's chi-square). Null: within every block the
-  factor labels are exchangeable. p-value: each block's values shuffled
-  independently (exact under that null, whatever the number of blocks).
-* **C2, C3** (associations across populations). A population is one (data set,
-  factor, replicate). Values are ranked within a data set (Spearman), centred
-  within each block (removing whatever a block's shared base model adds to all
-  its populations), and, for a *partial* association, the control variable is
-  projected out. The unit of inference is the **factor**: replicates of one
-  factor share their recipe, so they are not independent evidence of an
-  association *across training differences*. p-value: the factor labels of ``y``
-  are permuted within each data set (the same permutation in every replicate;
-  Freedman & Lane 1983 for the partial case); interval: factors resampled within
-  data sets. Data sets are combined by the mean of their Fisher z.
-* **C4** (equally good models disagree beyond what accuracy implies). For two
-  models, the share of inputs on which they disagree is at least the difference
-  of their accuracies; the statistic is the mean over model pairs of
-  ``churn - |acc_i - acc_j|``. It is tested against a threshold (default 1 % of
-  inputs) with a bootstrap over models and inputs.
+* **C1** (some training differences give systematically larger RM).
+  Pre-registered contrasts: in every block, each factor's RM minus the RM of the
+  ``both_seeds`` population (ordinary independent runs): "does this change alone
+  move representations more or less than a fresh seed?". Statistic: per factor,
+  the mean contrast over blocks divided by its root mean square (a monotone
+  function of the one-sample t that does not change under sign flips); the
+  largest absolute value over factors (max-T, family-wise over factors).
+  p-value: **block-level sign flips** (every block's whole contrast vector
+  flipped together, all ``2^B`` flips when there are at most 2^14, else a seeded
+  sample). It is exact when each block's contrast vector is symmetric about 0
+  under the null, whatever the variances, tails or correlations of the factors'
+  noise within a block (no exchangeability of factors is assumed). Across data
+  sets: per factor, the smallest same-signed data-set mean contrast (a
+  conjunction: the contrast points the same way in *every* data set), max over
+  factors, same sign flips.
+* **C2, C3** (associations across training factors). Rank association of ``x``
+  with ``y`` (Spearman), ranks within a data set centred within each block, a
+  control variable projected out of each side (partial association).
+  **Cross-fitted**: ``x`` is taken from replicate ``r`` and ``y`` from replicate
+  ``r + 1`` (cyclically, with 3 or more replicates; with 2, replicate 0 against 1),
+  so the two sides never come from the same models and noise shared by quantities
+  measured on the same models cannot make an association. The unit of inference
+  is the **factor**: p-value by permuting the factor labels of ``y`` (the same
+  permutation in every replicate and every data set, since a factor's effects
+  may be alike across data sets; Freedman & Lane 1983 for the partial case);
+  interval by resampling factors (jointly across data sets). Data sets are
+  combined by the mean of their Fisher z.
+* **C4** (equally good models disagree beyond what accuracy implies): the
+  premise of a recommendation. For two models, the share of inputs on which they
+  disagree is at least the difference of their accuracies; the statistic is the
+  mean over model pairs of ``churn - |acc_i - acc_j|``, tested against a threshold
+  (default 1 % of inputs) with a bootstrap over models and inputs.
 
 Every random draw comes from ``numpy.random.default_rng(seed)``.
 """
@@ -119,21 +136,97 @@ def _p_value(stat: float, null: np.ndarray, alternative: str) -> float:
 
 # ----------------------------------------------------------------------------- C1
 
+#: The pre-registered baseline of C1's contrasts: ordinary independent runs.
+C1_BASELINE = "both_seeds"
+#: Up to this many blocks every sign flip is enumerated (an exact test).
+MAX_FLIPS = 2 ** 14
+
+
+def sign_flips(n_blocks: int, max_flips: int = MAX_FLIPS, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """``(flips, exact)``: a ``(S, n_blocks)`` array of +-1, row 0 the identity.
+    All ``2^n_blocks`` flips when that is at most ``max_flips`` (``exact``), else
+    the identity and ``max_flips - 1`` seeded random ones."""
+    check_range("n_blocks", n_blocks, 1, integer=True)
+    check_range("max_flips", max_flips, 2, integer=True)
+    if 2 ** n_blocks <= max_flips:
+        bits = (np.arange(2 ** n_blocks)[:, None] >> np.arange(n_blocks)) & 1
+        return 1.0 - 2.0 * bits, True
+    rng = np.random.default_rng(seed)
+    rand = rng.choice([-1.0, 1.0], size=(max_flips - 1, n_blocks))
+    return np.vstack([np.ones(n_blocks), rand]), False
+
+
+class C1Core(typing.NamedTuple):
+    t: np.ndarray             # (..., K) mean contrast / RMS contrast over blocks
+    p_any: np.ndarray         # (...,) some factor's contrast differs from 0 (max-|T|)
+    p_factor: np.ndarray      # (..., K) single-step max-T adjusted p per factor
+    consistency: np.ndarray   # (..., K) smallest same-signed data-set mean / RMS (NaN: 1 data set)
+    p_consistent: np.ndarray  # (...,) some factor points the same way in every data set
+    p_consistent_factor: np.ndarray  # (..., K) adjusted p of each factor's consistency
+
+
+def _flip_p(null_max: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Share of flips (row 0 included) whose statistic reaches ``obs``;
+    ``null_max`` (..., S), ``obs`` (..., [K])."""
+    tol = 1e-12 * np.maximum(1.0, np.abs(obs))
+    if obs.ndim == null_max.ndim:  # one value per factor
+        return (null_max[..., :, None] >= obs[..., None, :] - tol[..., None, :]).mean(axis=-2)
+    return (null_max >= obs[..., None] - tol[..., None]).mean(axis=-1)
+
+
+def c1_core(contrasts: np.ndarray, block_dataset: np.ndarray, flips: np.ndarray) -> C1Core:
+    """C1's tests on contrasts ``(..., B, K)`` (blocks x factors, a stack of
+    simulations allowed); ``block_dataset`` (B,) the data set index of each block;
+    ``flips`` from :func:`sign_flips`. See the module docstring."""
+    d = np.asarray(contrasts, dtype=float)
+    n_blocks = d.shape[-2]
+    rms = np.sqrt((d ** 2).mean(axis=-2))
+    inv = np.where(rms > 0, 1.0 / np.where(rms > 0, rms, 1.0), 0.0)
+    flipped = np.einsum("sb,...bk->...sk", flips, d) / n_blocks * inv[..., None, :]
+    t = flipped[..., 0, :]
+    null_any = np.abs(flipped).max(axis=-1)
+    p_any = _flip_p(null_any, np.abs(t).max(axis=-1))
+    p_factor = _flip_p(null_any, np.abs(t))
+    groups = np.unique(block_dataset)
+    nan_k = np.full(t.shape, np.nan)
+    if len(groups) < 2:
+        return C1Core(t, p_any, p_factor, nan_k, np.full(p_any.shape, np.nan), nan_k)
+    avg = np.stack([(block_dataset == g) / (block_dataset == g).sum() for g in groups])  # (G, B)
+    gm = np.einsum("gb,sb,...bk->...sgk", avg, flips, d) * inv[..., None, None, :]
+    cons = np.maximum(gm.min(axis=-2), (-gm).min(axis=-2))            # (..., S, K)
+    c_obs = cons[..., 0, :]
+    null_c = cons.max(axis=-1)
+    return C1Core(t, p_any, p_factor, c_obs, _flip_p(null_c, c_obs.max(axis=-1)),
+                  _flip_p(null_c, c_obs))
+
+
 @dataclass(frozen=True)
 class C1Evidence(Evidence):
-    """Is the factor ranking of ``value`` the same in every block?"""
+    """Does any factor move representations systematically more or less than a
+    fresh seed (``baseline``), and the same way on every data set?"""
 
     value: str                   # the table column tested (e.g. "rm_adj")
-    ranking: list[str]           # factors by decreasing mean over blocks
+    baseline: str                # the factor every other one is contrasted with
+    ranking: list[str]           # every factor by decreasing mean over blocks
     means: dict[str, float]      # mean over blocks per factor
-    kendalls_w: float | None     # agreement of the blocks' rankings (1 = identical)
-    p_value: float | None        # within-block permutation p of W; None with < 2 blocks
+    contrasts: dict[str, dict[str, Any]]  # factor -> estimate, low, high (t interval over
+    #                              blocks), p_adjusted, p_consistent_adjusted, per_dataset
+    p_value: float | None        # some factor differs from the baseline (max-T, sign flips)
+    p_datasets: float | None     # some factor differs the same way in every data set; None with 1
     n_blocks: int
     n_factors: int
     n_datasets: int
-    p_datasets: float | None     # same test with data sets as blocks (replicate means); None with 1
+    n_flips: int
+    exact: bool                  # every sign flip enumerated
+    kendalls_w: float | None     # descriptive: agreement of the blocks' rankings (not a test)
     effect_size: float | None    # SD of factor effects / residual SD (two-way ANOVA)
-    n_perm: int
+
+    @property
+    def smallest_p(self) -> float:
+        """The smallest p-value the sign-flip test can give: flipping every block
+        leaves both statistics unchanged, so ``2 / 2^B`` when every flip is
+        enumerated (with 3 blocks 0.25: no level below it can be reached)."""
+        return (2.0 if self.exact else 1.0) / self.n_flips
 
 
 def _block_matrix(table: pd.DataFrame, value: str, blocks=BLOCK) -> pd.DataFrame:
@@ -157,40 +250,78 @@ def factor_effect_size(matrix) -> float | None:
     return float(np.sqrt(max(0.0, (ms_f - ms_e) / b) / ms_e))
 
 
-def c1_evidence(table: pd.DataFrame, value: str = "rm_adj", n_perm: int = 2000,
-                seed: int = 0) -> C1Evidence:
+def c1_contrasts(values: np.ndarray, factors: Sequence[str], baseline: str = C1_BASELINE
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Each factor's value minus the baseline's within every block: ``values``
+    (..., B, F) -> ``(contrasts (..., B, F-1), contrasted factor names)``."""
+    factors = list(factors)
+    check_choice("baseline", baseline, factors)
+    j = factors.index(baseline)
+    keep = [i for i in range(len(factors)) if i != j]
+    v = np.asarray(values, dtype=float)
+    return v[..., keep] - v[..., [j]], [factors[i] for i in keep]
+
+
+def c1_evidence(table: pd.DataFrame, value: str = "rm_adj", baseline: str = C1_BASELINE,
+                max_flips: int = MAX_FLIPS, level: float = 0.95, seed: int = 0) -> C1Evidence:
     """C1's evidence from a factor table (one row per data set, factor, replicate)."""
-    from ..measures.stats import kendalls_w, kendalls_w_permutation
-    check_range("n_perm", n_perm, 1, integer=True)
+    from ..measures.stats import kendalls_w
+    check_range("level", level, 0.0, 1.0, lo_open=True)
     m = _block_matrix(table, value)
     n_blocks, n_factors = m.shape
     if n_factors < 2:
         raise ValueError(f"C1 needs at least 2 factors; got {n_factors}")
+    factors = [str(f) for f in m.columns]
+    if baseline not in factors:
+        raise ValueError(f"baseline={baseline!r} is not a factor of the table; C1's contrasts "
+                         f"need it. Factors: {', '.join(factors)}")
+    a = m.to_numpy(dtype=float)
     means = m.mean(axis=0).sort_values(ascending=False)
-    w = p = None
-    if n_blocks >= 2 and np.ptp(m.to_numpy(), axis=1).max() > 0:
-        w = kendalls_w(m.to_numpy())
-        p = kendalls_w_permutation(m.to_numpy(), n_perm, seed)
-    datasets = list(dict.fromkeys(table["dataset"]))
-    p_ds = None
-    if len(datasets) >= 2:
-        dm = (table.groupby(["dataset", "factor"], sort=False)[value].mean().reset_index()
-              .assign(replicate=0))
-        md = _block_matrix(dm, value)[list(m.columns)]
-        if np.ptp(md.to_numpy(), axis=1).max() > 0:
-            p_ds = kendalls_w_permutation(md.to_numpy(), n_perm, seed + 1)
-    return C1Evidence(value=value, ranking=[str(f) for f in means.index],
-                      means={str(k): float(v) for k, v in means.items()},
-                      kendalls_w=_f(w), p_value=_f(p), n_blocks=int(n_blocks),
-                      n_factors=int(n_factors), n_datasets=len(datasets), p_datasets=_f(p_ds),
-                      effect_size=factor_effect_size(m.to_numpy()), n_perm=int(n_perm))
+    ds_of_block = np.asarray(pd.factorize(m.index.get_level_values("dataset"))[0])
+    datasets = list(dict.fromkeys(m.index.get_level_values("dataset")))
+    d, names = c1_contrasts(a, factors, baseline)
+    flips, exact = sign_flips(n_blocks, max_flips, seed)
+    core = c1_core(d, ds_of_block, flips)
+    est = d.mean(axis=0)
+    if n_blocks >= 2:
+        half = _st.t.ppf((1 + level) / 2, n_blocks - 1) * d.std(axis=0, ddof=1) / np.sqrt(n_blocks)
+    else:
+        half = np.full(len(names), np.nan)
+    contrasts = {}
+    for k, f in enumerate(names):
+        contrasts[f] = {"estimate": float(est[k]), "low": _f(est[k] - half[k]),
+                        "high": _f(est[k] + half[k]), "p_adjusted": _f(core.p_factor[k]),
+                        "p_consistent_adjusted": _f(core.p_consistent_factor[k]),
+                        "per_dataset": {str(ds): float(d[ds_of_block == i, k].mean())
+                                        for i, ds in enumerate(datasets)}}
+    w = None
+    if n_blocks >= 2 and np.ptp(a, axis=1).min() > 0:
+        w = kendalls_w(a)
+    return C1Evidence(value=value, baseline=baseline, ranking=[str(f) for f in means.index],
+                      means={str(k): float(v) for k, v in means.items()}, contrasts=contrasts,
+                      p_value=_f(core.p_any) if n_blocks >= 2 else None,
+                      p_datasets=_f(core.p_consistent) if len(datasets) >= 2 else None,
+                      n_blocks=int(n_blocks), n_factors=int(n_factors),
+                      n_datasets=len(datasets), n_flips=int(len(flips)), exact=bool(exact),
+                      kendalls_w=_f(w), effect_size=factor_effect_size(a))
+
+
+def c1_contrast_table(ev: C1Evidence) -> pd.DataFrame:
+    """One row per contrasted factor: estimate, interval, adjusted p-values and the
+    mean contrast per data set, sorted by estimate."""
+    rows = [{"factor": f, **{k: c[k] for k in ("estimate", "low", "high", "p_adjusted",
+                                               "p_consistent_adjusted")},
+             **{f"in {ds}": v for ds, v in c["per_dataset"].items()}}
+            for f, c in ev.contrasts.items()]
+    return pd.DataFrame(rows).set_index("factor").sort_values("estimate", ascending=False)
 
 
 # ----------------------------------------------------------------------------- associations
 
 @dataclass(frozen=True)
 class Association(Evidence):
-    """Within-data-set (partial) rank association of ``x`` with ``y`` across factors."""
+    """Within-data-set (partial) rank association of ``x`` with ``y`` across
+    factors, cross-fitted across replicates."""
 
     x: str
     y: str
@@ -202,6 +333,7 @@ class Association(Evidence):
     p_value: float | None                  # one-sided, factor labels permuted
     per_dataset: dict[str, float | None]
     leave_one_out: dict[str, float | None] | None  # estimate without each data set (>= 2)
+    crossfit: bool                         # x and y from different replicates' models
     n_populations: int
     n_factors: int
     n_datasets: int
@@ -210,27 +342,9 @@ class Association(Evidence):
     level: float
 
 
-def _raw_matrices(sub: pd.DataFrame, cols: Sequence[str], blocks=BLOCK) -> list[np.ndarray]:
-    """blocks x factors matrices of ``cols`` for one data set (blocks and factors in
-    order of first appearance); every (block, factor) cell exactly once."""
-    # plain numpy indexing: calibration calls this hundreds of thousands of times
-    bi, bk = pd.factorize(pd.MultiIndex.from_frame(sub[list(blocks)]))
-    fi, fk = pd.factorize(sub["factor"])
-    cell = bi * len(fk) + fi
-    if len(np.unique(cell)) != len(sub) or len(sub) != len(bk) * len(fk):
-        raise ValueError(f"need exactly one row per ({', '.join(blocks)}, factor): "
-                         f"{len(sub)} rows for {len(bk)} blocks x {len(fk)} factors")
-    out = []
-    for c in cols:
-        m = np.empty(len(bk) * len(fk))
-        m[cell] = sub[c].to_numpy(dtype=float)
-        out.append(m.reshape(len(bk), len(fk)))
-    return out
-
-
 def _rank_centre(a: np.ndarray) -> np.ndarray:
-    """Ranks over the whole matrix (a data set), centred within each block (row);
-    a stack ``(..., B, F)`` is ranked matrix by matrix."""
+    """Ranks over the whole (R, F) matrix (a data set), centred within each block
+    (row); a stack ``(..., R, F)`` is ranked matrix by matrix."""
     flat = a.reshape(*a.shape[:-2], -1)
     r = _st.rankdata(flat, axis=-1).reshape(a.shape)
     return r - r.mean(axis=-1, keepdims=True)
@@ -238,7 +352,7 @@ def _rank_centre(a: np.ndarray) -> np.ndarray:
 
 def _project_out(v: np.ndarray, z: np.ndarray | None) -> np.ndarray:
     """Residual of ``v`` after least squares on ``z`` (both block-centred); works
-    on a stack ``(..., B, F)`` of ``v``."""
+    on stacks ``(..., R, F)`` that broadcast."""
     if z is None:
         return v
     zz = (z * z).sum(axis=(-2, -1), keepdims=True)
@@ -248,8 +362,8 @@ def _project_out(v: np.ndarray, z: np.ndarray | None) -> np.ndarray:
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Correlation of matched (B, F) matrices (either side may be a stack
-    ``(..., B, F)``), both already mean-zero within rows (so within the matrix)."""
+    """Correlation of matched (R, F) matrices (stacks broadcast), both already
+    mean-zero within rows (so within the matrix)."""
     num = (x * y).sum(axis=(-2, -1))
     den = np.sqrt((x * x).sum(axis=(-2, -1)) * (y * y).sum(axis=(-2, -1)))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -260,30 +374,146 @@ def _fisher(r):
     return np.arctanh(np.clip(r, -0.999999, 0.999999))
 
 
-class _DatasetPart(typing.NamedTuple):
-    x: np.ndarray
-    y_res: np.ndarray   # y with the control (and blocks) projected out
-    z: np.ndarray | None
-    r: float
+def crossfit_rows(n_replicates: int, crossfit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Which replicate's ``x`` is paired with which replicate's ``y``: ``(rows_x,
+    rows_y)``. Cross-fitted: replicate ``r`` with ``r + 1`` cyclically (3 or more
+    replicates: every replicate used once on each side, and no two pairs are the
+    same two replicates swapped, whose products would share both noises), with 2
+    replicates 0 with 1 only. Not cross-fitted: every replicate with itself."""
+    check_range("n_replicates", n_replicates, 1, integer=True)
+    r = np.arange(n_replicates)
+    if not crossfit:
+        return r, r
+    if n_replicates < 2:
+        raise ValueError("a cross-fitted association needs >= 2 replicates (x and y must come "
+                         f"from different models); got {n_replicates}")
+    if n_replicates == 2:
+        return np.array([0]), np.array([1])
+    return r, (r + 1) % n_replicates
 
 
-def _dataset_part(raw: Sequence[np.ndarray]) -> _DatasetPart:
-    """Ranked, block-centred x and y (control projected out) of one data set, from
-    its raw matrices ``[x, y]`` or ``[x, y, control]``."""
-    mats = [_rank_centre(a) for a in raw]
-    z = mats[2] if len(mats) > 2 else None
-    xr, yr = _project_out(mats[0], z), _project_out(mats[1], z)
-    return _DatasetPart(xr, yr, z, float(_corr(xr, yr)))
+class _Part(typing.NamedTuple):
+    x: np.ndarray            # (..., R', F) ranked, centred, control projected out
+    y: np.ndarray
+    zy: np.ndarray | None    # the control on y's rows (re-projected after permuting y)
+
+
+def _part(raw: Sequence[np.ndarray], crossfit: bool) -> _Part:
+    """One data set's cross-fitted parts from raw matrices ``[x, y]`` or ``[x, y,
+    control]``, each (..., R, F)."""
+    rx, ry = crossfit_rows(raw[0].shape[-2], crossfit)
+    x, y = _rank_centre(raw[0][..., rx, :]), _rank_centre(raw[1][..., ry, :])
+    zx = zy = None
+    if len(raw) > 2:
+        zx, zy = _rank_centre(raw[2][..., rx, :]), _rank_centre(raw[2][..., ry, :])
+    return _Part(_project_out(x, zx), _project_out(y, zy), zy)
+
+
+class AssociationCore(typing.NamedTuple):
+    estimate: np.ndarray      # (...,)
+    p_value: np.ndarray       # (...,)
+    per_dataset: np.ndarray   # (..., D)
+    leave_one_out: np.ndarray | None  # (..., D) with >= 2 data sets
+
+
+def permutations(n_factors: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_perm, n_factors)`` random permutations of the factor labels."""
+    return rng.permuted(np.broadcast_to(np.arange(n_factors), (n_perm, n_factors)), axis=1)
+
+
+def _unit_norm(a: np.ndarray) -> np.ndarray:
+    """``a`` divided by its Frobenius norm over the last two axes (NaN where 0)."""
+    n = np.sqrt((a * a).sum(axis=(-2, -1), keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, a / np.where(n > 0, n, 1.0), np.nan)
+
+
+def _studentised(u: np.ndarray) -> np.ndarray:
+    """``sum_f u_f / sqrt(sum_f u_f^2)`` over the last axis (0 where all are 0)."""
+    den = np.sqrt((u * u).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, u.sum(axis=-1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def association_core(raws: Sequence[Sequence[np.ndarray]], alternative: str, perms: np.ndarray,
+                     crossfit: bool = True) -> AssociationCore:
+    """The association test on one or a stack of designs: ``raws[d] = [x, y(,
+    control)]`` per data set, each ``(..., R, F)`` with the factors in the same
+    order in every data set; ``perms`` (P, F) from :func:`permutations`, applied to
+    ``y``'s factor labels in every replicate and data set at once.
+
+    Estimate: ``tanh`` of the mean over data sets of the Fisher z of the
+    within-data-set correlations. Test statistic: each data set's correlation is a
+    sum of per-factor contributions ``u_df = sum_r x_drf y_drf / (|x_d| |y_d|)``;
+    with ``u_f = sum_d u_df`` the statistic is ``sum_f u_f / sqrt(sum_f u_f^2)``,
+    permuted like the data. Studentising so (DiCiccio & Romano 2017, *Robust
+    permutation tests for correlation and regression coefficients*, JASA) keeps
+    the permutation test valid when ``x`` and ``y`` are uncorrelated but not
+    independent, e.g. when a factor's noise is large on both sides.
+    """
+    parts = [_part(raw, crossfit) for raw in raws]
+    u_obs, u_null, r = 0.0, 0.0, []
+    for p in parts:
+        xn, yn = _unit_norm(p.x), _unit_norm(p.y)
+        c = (xn * yn).sum(axis=-2)                                          # (..., F)
+        r.append(c.sum(axis=-1))
+        yp = np.moveaxis(p.y[..., perms], -2, -3)                           # (..., P, R', F)
+        zy = None if p.zy is None else p.zy[..., None, :, :]
+        u_null = u_null + (xn[..., None, :, :] * _unit_norm(_project_out(yp, zy))).sum(axis=-2)
+        u_obs = u_obs + c
+    r = np.stack(r, axis=-1)                                                # (..., D)
+    zs = _fisher(r)
+    est = np.tanh(zs.mean(axis=-1))
+    t_obs, t_null = _studentised(u_obs), _studentised(u_null)              # (...,), (..., P)
+    sign = 1.0 if alternative == "greater" else -1.0
+    tol = 1e-12 * np.maximum(1.0, np.abs(t_obs))
+    hits = (sign * t_null >= sign * t_obs[..., None] - tol[..., None]).sum(axis=-1)
+    ok = np.isfinite(r).all(axis=-1)
+    p = np.where(ok, (1.0 + hits) / (1.0 + perms.shape[0]), np.nan)
+    loo = None
+    n_ds = r.shape[-1]
+    if n_ds >= 2:
+        total = zs.sum(axis=-1, keepdims=True)
+        loo = np.tanh((total - zs) / (n_ds - 1))
+    return AssociationCore(est, p, r, loo)
+
+
+def _aligned_matrices(table: pd.DataFrame, cols: Sequence[str]) -> tuple[list[str], list[str],
+                                                                        list[list[np.ndarray]]]:
+    """(data sets, factors, per data set the (R, F) matrices of ``cols``), the
+    factors in the same order in every data set (that of the first)."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    factors = list(dict.fromkeys(table["factor"]))
+    out = []
+    for ds in datasets:
+        sub = table[table["dataset"] == ds]
+        if set(sub["factor"]) != set(factors):
+            raise ValueError(f"every data set needs the same factors: {ds!r} has "
+                             f"{sorted(set(sub['factor']))}, the table {sorted(factors)}")
+        mats = []
+        for c in cols:
+            m = sub.pivot_table(index="replicate", columns="factor", values=c, aggfunc="first",
+                                dropna=False, sort=True)
+            if sub.duplicated(["replicate", "factor"]).any() or m.isna().any().any():
+                raise ValueError(f"need exactly one row per (replicate, factor) in {ds!r}, "
+                                 f"with a value of {c!r}")
+            mats.append(m[factors].to_numpy(dtype=float))
+        out.append(mats)
+    return datasets, factors, out
 
 
 def association(table: pd.DataFrame, x: str, y: str, control: str | None = None,
                 alternative: str = "greater", n_perm: int = 2000, n_boot: int = 1000,
-                level: float = 0.95, seed: int = 0) -> Association:
-    """Within-data-set (partial) Spearman association of ``x`` and ``y`` over
-    populations, combined over data sets; see the module docstring for the units.
+                level: float = 0.95, seed: int = 0, crossfit: bool = True) -> Association:
+    """Within-data-set (partial) Spearman association of ``x`` and ``y`` across
+    factors, cross-fitted across replicates, combined over data sets; see the
+    module docstring for the units.
 
     ``table`` needs columns dataset, factor, replicate, ``x``, ``y`` (and
     ``control``), one row per population, every factor in every replicate.
+    ``crossfit=False`` pairs each replicate's ``x`` with its own ``y`` (the
+    statistic used before cross-fitting; shared noise then makes associations, so
+    it is kept only to show that, in the tests).
     """
     check_choice("alternative", alternative, ALTERNATIVES)
     check_range("n_perm", n_perm, 1, integer=True)
@@ -295,52 +525,36 @@ def association(table: pd.DataFrame, x: str, y: str, control: str | None = None,
         raise KeyError(f"the table has no column(s) {', '.join(missing)}")
     if table[cols].isna().any().any():
         raise ValueError(f"some population lacks a value of {', '.join(cols)}")
+    datasets, factors, raws = _aligned_matrices(table, cols)
+    n_f = len(factors)
+    if n_f < 3:
+        raise ValueError(f"an association across factors needs >= 3 factors; got {n_f}")
     rng = np.random.default_rng(seed)
-    datasets = list(dict.fromkeys(table["dataset"]))
-    raw = {ds: _raw_matrices(table[table["dataset"] == ds], cols) for ds in datasets}
-    parts = {ds: _dataset_part(m) for ds, m in raw.items()}
-    n_factors = {ds: p.x.shape[1] for ds, p in parts.items()}
-    if min(n_factors.values()) < 3:
-        raise ValueError(f"an association across factors needs >= 3 factors per data set; "
-                         f"got {n_factors}")
-    r = {ds: p.r for ds, p in parts.items()}
-    ok = all(np.isfinite(v) for v in r.values())
-    est = float(np.tanh(np.mean([_fisher(v) for v in r.values()]))) if ok else None
-    p_val = low = high = None
-    if ok:
-        # permutation: factor labels of y shuffled within each data set (columns of
-        # the residual matrix, Freedman-Lane), the same shuffle for every replicate
-        zs = []
-        for ds, part in parts.items():
-            f = part.x.shape[1]
-            perm = rng.permuted(np.broadcast_to(np.arange(f), (n_perm, f)), axis=1)
-            yp = _project_out(part.y_res[:, perm].transpose(1, 0, 2), part.z)
-            zs.append(_fisher(_corr(part.x, yp)))
-        null = np.tanh(np.mean(zs, axis=0))
-        p_val = _p_value(est, null, alternative)
-        # bootstrap (interval only; n_boot=0 skips it): factors resampled within
-        # each data set, ranks recomputed on every resample
-        if n_boot:
-            zb = []
-            for ds in datasets:
-                f = raw[ds][0].shape[1]
-                pick = rng.integers(0, f, (n_boot, f))
-                mats = [_rank_centre(a[:, pick].transpose(1, 0, 2)) for a in raw[ds]]
-                zc = mats[2] if len(mats) > 2 else None
-                zb.append(_fisher(_corr(_project_out(mats[0], zc), _project_out(mats[1], zc))))
-            reps = np.tanh(np.mean(zb, axis=0))
-            reps = reps[np.isfinite(reps)]
-            if reps.size:
-                a = (1 - level) / 2
-                low, high = (float(q) for q in np.quantile(reps, [a, 1 - a]))
+    core = association_core(raws, alternative, permutations(n_f, n_perm, rng), crossfit)
+    ok = bool(np.isfinite(core.per_dataset).all())
+    est = float(core.estimate) if ok else None
+    low = high = None
+    if ok and n_boot:
+        # factors resampled jointly across data sets (a factor's effects may be
+        # alike in every data set), ranks recomputed on every resample
+        pick = rng.integers(0, n_f, (n_boot, n_f))
+        zb = []
+        for raw in raws:
+            p = _part([np.moveaxis(a[:, pick], 1, 0) for a in raw], crossfit)
+            zb.append(_fisher(_corr(p.x, p.y)))
+        reps = np.tanh(np.mean(zb, axis=0))
+        reps = reps[np.isfinite(reps)]
+        if reps.size:
+            a = (1 - level) / 2
+            low, high = (float(q) for q in np.quantile(reps, [a, 1 - a]))
     loo = None
-    if len(datasets) >= 2 and ok:
-        loo = {ds: float(np.tanh(np.mean([_fisher(r[o]) for o in datasets if o != ds])))
-               for ds in datasets}
-    return Association(x=x, y=y, control=control, alternative=alternative, estimate=_f(est),
-                       low=low, high=high, p_value=p_val,
-                       per_dataset={ds: _f(v) for ds, v in r.items()}, leave_one_out=loo,
-                       n_populations=int(len(table)), n_factors=int(max(n_factors.values())),
+    if core.leave_one_out is not None and ok:
+        loo = {ds: float(v) for ds, v in zip(datasets, core.leave_one_out)}
+    return Association(x=x, y=y, control=control, alternative=alternative, estimate=est,
+                       low=low, high=high, p_value=_f(core.p_value) if ok else None,
+                       per_dataset={ds: _f(v) for ds, v in zip(datasets, core.per_dataset)},
+                       leave_one_out=loo, crossfit=bool(crossfit),
+                       n_populations=int(len(table)), n_factors=int(n_f),
                        n_datasets=len(datasets), n_perm=int(n_perm), n_boot=int(n_boot),
                        level=float(level))
 
@@ -354,15 +568,27 @@ def direction_holds(a: Association) -> bool:
     return all(v is not None and sign * v > 0 for v in a.leave_one_out.values())
 
 
+def direction_holds_core(core: AssociationCore, alternative: str) -> np.ndarray:
+    """:func:`direction_holds` for a stack of :class:`AssociationCore` results."""
+    if core.leave_one_out is None:
+        return np.ones(core.estimate.shape, dtype=bool)
+    sign = 1.0 if alternative == "greater" else -1.0
+    return (sign * core.leave_one_out > 0).all(axis=-1)
+
+
 # ----------------------------------------------------------------------------- C2, C3
 
 @dataclass(frozen=True)
 class C3Evidence(Evidence):
-    """RM vs PM across populations, on i.i.d. and on OOD inputs."""
+    """RM vs PM across factors (cross-fitted), on i.i.d. and on OOD inputs."""
 
     iid: Association
     ood: Association | None
     n_datasets: int
+
+
+#: C3's two associations: (field, PM column).
+C3_TESTS = (("iid", "pm:iid"), ("ood", "pm_ood"))
 
 
 def c3_evidence(table: pd.DataFrame, x: str = "rm_adj", iid: str = "pm:iid",
@@ -380,17 +606,25 @@ C2_PREDICTIONS = (
     ("pm_acc", "pm_small", "acc_ood_rest", "acc_small", "less"),
     ("rm_pm", "rm_small", "pm_ood_rest", "pm_small", "greater"),
 )
+#: Descriptive companions (not in the verdict): the labelled baseline and the
+#: label-free one, each as a predictor of OOD accuracy.
+C2_BASELINES = (
+    ("baseline", "acc_small", "acc_ood_rest", None, "greater"),
+    ("label_free", "disagree_small", "acc_ood_rest", None, "less"),
+)
 
 
 @dataclass(frozen=True)
 class C2Evidence(Evidence):
-    """Small-sample RM and PM as predictors of OOD behaviour, beyond the obvious
-    small-sample baseline (accuracy for OOD accuracy, i.i.d. PM for OOD PM)."""
+    """Small-sample RM and PM as predictors of OOD behaviour across training
+    factors, beyond the obvious small-sample baseline (accuracy for OOD accuracy,
+    i.i.d. PM for OOD PM), each side from different replicates' models."""
 
     rm_acc: Association | None    # RM_small -> OOD accuracy | small-sample accuracy (negative)
     pm_acc: Association | None    # PM_small -> OOD accuracy | small-sample accuracy (negative)
     rm_pm: Association | None     # RM_small -> OOD PM | small-sample PM (positive)
-    baseline: Association | None  # small-sample accuracy -> OOD accuracy (descriptive)
+    baseline: Association | None  # small-sample accuracy (labelled) -> OOD accuracy (descriptive)
+    label_free: Association | None  # small-sample disagreement (no labels) -> OOD accuracy
     n_small: int
     n_datasets: int
 
@@ -399,15 +633,22 @@ def c2_evidence(small: pd.DataFrame, n_small: int, n_perm: int = 2000, n_boot: i
                 seed: int = 0) -> C2Evidence:
     """C2's evidence from :func:`rmpm.book.finite_samples.small_sample_table` (one row per
     population, with its dataset, factor and replicate). Predictions whose
-    target is missing (no corruptions stored) are None."""
+    target is missing (no corruptions stored) are None; a data set where a column
+    is NaN (RM with every layer flagged) is left out of that prediction (its
+    ``n_datasets`` says how many remain), and with none left it is None."""
     out = {}
-    for i, (name, x, y, z, alt) in enumerate(C2_PREDICTIONS):
-        out[name] = association(small, x, y, z, alt, n_perm, n_boot, seed=seed + i) \
-            if y in small.columns else None
-    base = association(small, "acc_small", "acc_ood_rest", None, "greater", n_perm, n_boot,
-                       seed=seed + 10) if "acc_ood_rest" in small.columns else None
-    return C2Evidence(**out, baseline=base, n_small=int(n_small),
-                      n_datasets=int(small["dataset"].nunique()))
+    for i, (name, x, y, z, alt) in enumerate(C2_PREDICTIONS + C2_BASELINES):
+        cols = [x, y] + ([z] if z else [])
+        out[name] = None
+        if not all(c in small.columns for c in cols):
+            continue  # no corruptions stored: no target
+        # a data set whose RM is NaN (every layer flagged at this sample size) leaves
+        # the prediction; it is tested on the others (None if none is left)
+        ok = small.groupby("dataset", sort=False)[cols].transform(
+            lambda v: v.notna().all()).all(axis=1)
+        if ok.any():
+            out[name] = association(small[ok], x, y, z, alt, n_perm, n_boot, seed=seed + i)
+    return C2Evidence(**out, n_small=int(n_small), n_datasets=int(small["dataset"].nunique()))
 
 
 # ----------------------------------------------------------------------------- C4
@@ -502,7 +743,9 @@ def c4_evidence(probs_iid, labels, probs_ood=None, acc_range: float = float("nan
     return C4Evidence(iid, ood, float(acc_range))
 
 
-__all__ = ["ALPHA", "Evidence", "C1Evidence", "c1_evidence", "factor_effect_size",
-           "Association", "association", "direction_holds", "C2Evidence", "c2_evidence",
-           "C2_PREDICTIONS", "C3Evidence", "c3_evidence", "ExcessDisagreement",
-           "excess_disagreement", "C4Evidence", "c4_evidence"]
+__all__ = ["ALPHA", "Evidence", "C1_BASELINE", "MAX_FLIPS", "sign_flips", "c1_core", "C1Core",
+           "c1_contrasts", "C1Evidence", "c1_evidence", "c1_contrast_table", "factor_effect_size",
+           "Association", "association", "association_core", "AssociationCore", "permutations",
+           "crossfit_rows", "direction_holds", "direction_holds_core", "C2Evidence",
+           "c2_evidence", "C2_PREDICTIONS", "C2_BASELINES", "C3Evidence", "C3_TESTS",
+           "c3_evidence", "ExcessDisagreement", "excess_disagreement", "C4Evidence", "c4_evidence"]

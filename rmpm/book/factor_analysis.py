@@ -38,6 +38,20 @@ DATA_FACTORS = ("subset_seed",)
 BLOCK = ("dataset", "replicate")
 
 
+#: Factors that change the architecture, so their models cannot share initial weights.
+ARCH_FACTORS = ("width",)
+
+
+def shares_initialisation(factor: str) -> bool:
+    """Whether the models of one population of ``factor`` start from the same
+    initial weights: the factor sets neither the initialisation seed nor the
+    architecture (9 of the 12 protocol factors). Their RM is then smaller than a
+    fresh seed's for that reason alone, and their noise shares the replicate's
+    initialisation."""
+    check_choice("factor", factor, FACTORS)
+    return "init_seed" not in FACTORS[factor].fields and factor not in ARCH_FACTORS
+
+
 def factor_group(factor: str) -> str:
     """``"seeds"`` (only seeds differ), ``"data"`` (different training data) or
     ``"hyperparameters"`` (a recipe setting differs, seeds held fixed)."""
@@ -289,17 +303,39 @@ def rank_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
     return matrix.rank(axis=1, ascending=False, method="average")
 
 
-def measure_agreement(table: pd.DataFrame, reference: str = "rm",
+#: The factor ranking under other similarity measures, beside ``rm_adj`` (chance-
+#: adjusted SVCCA, 99 % variance): on the same chance-adjusted footing (debiased
+#: CKA; SVCCA keeping a fixed number of directions, so no factor is ranked by its
+#: kept dimensions), and raw (linear CKA, PWCCA), all over the same layers.
+CROSS_CHECKS = {"debiased CKA (adj.)": "rm_dcka_adj", "SVCCA, fixed k (adj.)": "rm_k_adj",
+                "linear CKA (raw)": "rm_cka", "PWCCA (raw)": "rm_pwcca"}
+
+
+def measure_rankings(table: pd.DataFrame, reference: str = "rm_adj",
+                     others: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Mean value per factor over blocks under ``reference`` and each of ``others``
+    (default :data:`CROSS_CHECKS`, those the table has), with each measure's rank
+    (1 = largest), factors in the reference's order."""
+    others = {k: v for k, v in (others or CROSS_CHECKS).items() if v in table.columns}
+    cols = {"SVCCA 99% (adj., tested)": reference, **others}
+    means = pd.DataFrame({name: block_matrix(table, col).mean(axis=0) for name, col in cols.items()})
+    means = means.sort_values(next(iter(cols)), ascending=False)
+    ranks = means.rank(ascending=False).add_suffix(" rank")
+    return pd.concat([means, ranks], axis=1)
+
+
+def measure_agreement(table: pd.DataFrame, reference: str = "rm_adj",
                       others: Mapping[str, str] | None = None, n_boot: int = 1000,
                       level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Spearman correlation, across factors, between the mean RM per factor under
-    ``reference`` (SVCCA) and under each other measure (default: CKA and PWCCA).
+    """Spearman correlation, across factors, between the mean per factor under
+    ``reference`` (chance-adjusted SVCCA) and under each other measure (default
+    :data:`CROSS_CHECKS`, those the table has).
 
     Each mean is over (data set, replicate) blocks; 1 means the measures order
     the factors identically. Returns ``{name: {"r", "low", "high", "p"}}`` with
     a bootstrap interval over factors (:func:`rmpm.measures.stats.correlation`).
     """
-    others = dict(others or {"cka": "rm_cka", "pwcca": "rm_pwcca"})
+    others = {k: v for k, v in (others or CROSS_CHECKS).items() if v in table.columns}
     ref = block_matrix(table, reference).mean(axis=0)
     if len(ref) < 3:
         raise ValueError(f"rank agreement needs at least 3 factors; got {len(ref)}")

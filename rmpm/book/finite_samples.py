@@ -41,6 +41,13 @@ ActsByLayer = Mapping[str, Sequence[np.ndarray]]
 
 # ----------------------------------------------------------------------------- helpers
 
+def default_small_sample(n_probe: int) -> int:
+    """Chapter 6's small i.i.d. sample when none is given: a fifth of the probe
+    inputs, at least 20 (the size the calibration simulates C2 at, too)."""
+    check_range("n_probe", n_probe, 2, integer=True)
+    return max(20, n_probe // 5)
+
+
 def size_grid(n_max: int, n_min: int = 10, per_doubling: int = 2) -> list[int]:
     """Sample sizes from ``n_min`` to ``n_max`` (both included), ``per_doubling``
     points per doubling (geometric), as sorted distinct ints."""
@@ -191,6 +198,7 @@ def rm_by_inputs(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99,
     so the interval sits slightly *below* the estimate; its width is what we use.
 
     Columns: n, estimate, low, high, half_width, ``rm:<layer>`` per layer, and
+    ``dims:<layer>`` (the most SVCCA dimensions a model keeps there), and
     ``saturated`` (True when, for some layer, the two largest kept dimensions add
     up to more than ``n - 1``, so some canonical correlations are 1 by construction).
     """
@@ -213,6 +221,8 @@ def rm_by_inputs(acts_by_layer: ActsByLayer, sizes: Sequence[int], keep=0.99,
         row = _ci_row(n, ci)
         row.update({f"rm:{k}": v for k, v in per_layer.items()})
         row["saturated"] = _saturated(acts_by_layer, n, keep, owners)
+        row.update({f"dims:{k}": int(max(v)) for k, v in
+                    _kept_dims(acts_by_layer, n, keep, owners).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -409,18 +419,24 @@ def replicate_agreement_by_dataset(table: pd.DataFrame, columns: Sequence[str],
 
 def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> dict[str, float]:
     """RM, PM and accuracy of one population on the first ``n_small`` test inputs, and
-    the OOD targets on the *other* inputs of the stored sample.
+    the targets on the *other* inputs of the stored sample.
 
     ``data`` is a :class:`~rmpm.book.populations.PopulationData`. Keys:
     ``rm_small`` (chance-adjusted RM, ``RM / RM of row-permuted activations``,
     mean over hidden layers: at small samples SVCCA's floor moves with the kept
-    dimensions, so raw RM would partly rank dimensions), ``rm_small_raw`` (the
-    raw hidden-layer RM), ``pm_small`` (prediction variance),
-    ``disagree_small``, ``acc_small`` (mean over models); on the held-out inputs
+    dimensions, so raw RM would partly rank dimensions; :func:`small_sample_table`
+    recomputes it over the layers it does not flag), ``rm_small_raw`` (the raw
+    hidden-layer RM), per hidden layer ``rm_small:<layer>``, ``rm_small_null:<layer>``,
+    ``dims_small:<layer>`` (most SVCCA dimensions kept by a model) and
+    ``fill_small:<layer>`` (:func:`~rmpm.measures.similarity.subspace_fill`);
+    ``pm_small`` (prediction variance), ``disagree_small`` (mean pairwise churn,
+    needs no labels), ``acc_small`` (mean over models); on the held-out inputs
     ``n_small:``: ``acc_iid_rest``, ``pm_iid_rest``, ``acc_ood_rest`` and
-    ``pm_ood_rest`` (means over every stored corruption and severity, and over models
-    for accuracy). Keeping the targets off the small sample means a predictor cannot
-    look good just because it saw the same images.
+    ``pm_ood_rest`` (means over every stored corruption and severity, and over
+    models for accuracy); and on the first ``n_small`` corrupted inputs (means over
+    corruptions) ``disagree_ood_small`` (no labels) and ``acc_ood_small`` (labelled).
+    Keeping the targets off the small sample means a predictor cannot look good
+    just because it saw the same images.
     """
     from .populations import NULL_SEED, hidden_layers
     p_iid = data.probs("iid")
@@ -439,33 +455,197 @@ def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> 
     y = data.labels
     rm = _rm_on_rows(acts, np.arange(n_small), keep, owners)
     rm0 = _rm_on_rows(acts, np.arange(n_small), keep, owners, null_seed=NULL_SEED)
+    dims = _kept_dims(acts, n_small, keep, owners)
     small = p_iid[:, :n_small]
     out = {"rm_small": float(np.mean([rm[k] / rm0[k] for k in layers])),
            "rm_small_raw": float(np.mean(list(rm.values()))),
-           "pm_small": PM.prediction_variance(small),
-           "disagree_small": PM.mean_disagreement(small),
-           "acc_small": float(PM.accuracies(small, y[:n_small]).mean()),
-           "acc_iid_rest": float(PM.accuracies(p_iid[:, n_small:], y[n_small:]).mean()),
-           "pm_iid_rest": PM.prediction_variance(p_iid[:, n_small:])}
+           "layers_small": ",".join(layers)}
+    for k in layers:
+        rows = len(_rows((owners or {}).get(k), np.arange(n_small)))
+        out.update({f"rm_small:{k}": rm[k], f"rm_small_null:{k}": rm0[k],
+                    f"dims_small:{k}": int(max(dims[k])),
+                    f"fill_small:{k}": SIM.subspace_fill(dims[k], rows)})
+    out.update({"pm_small": PM.prediction_variance(small),
+                "disagree_small": PM.mean_disagreement(small),
+                "acc_small": float(PM.accuracies(small, y[:n_small]).mean()),
+                "acc_iid_rest": float(PM.accuracies(p_iid[:, n_small:], y[n_small:]).mean()),
+                "pm_iid_rest": PM.prediction_variance(p_iid[:, n_small:])})
     shift = data.shifts()
     if shift:
-        accs, pms = [], []
+        accs, pms, dis_s, acc_s = [], [], [], []
         for kind, sev in shift:
-            q = data.probs(kind, sev)[:, n_small:]
-            accs.append(PM.accuracies(q, y[n_small:]).mean())
-            pms.append(PM.prediction_variance(q))
+            q = data.probs(kind, sev)
+            accs.append(PM.accuracies(q[:, n_small:], y[n_small:]).mean())
+            pms.append(PM.prediction_variance(q[:, n_small:]))
+            dis_s.append(PM.mean_disagreement(q[:, :n_small]))
+            acc_s.append(PM.accuracies(q[:, :n_small], y[:n_small]).mean())
         out["acc_ood_rest"] = float(np.mean(accs))
         out["pm_ood_rest"] = float(np.mean(pms))
+        out["disagree_ood_small"] = float(np.mean(dis_s))
+        out["acc_ood_small"] = float(np.mean(acc_s))
     return out
 
 
 def small_sample_table(populations: Sequence[tuple[Mapping[str, Any], Any]], n_small: int,
-                       keep=0.99, conv: str = "pool") -> pd.DataFrame:
+                       keep=0.99, conv: str = "pool", max_fill: float | None = None) -> pd.DataFrame:
     """One row per population: its ``meta`` (e.g. dataset, factor, replicate) and
-    :func:`small_sample_measures`. ``populations`` is a list of ``(meta, data)``."""
+    :func:`small_sample_measures`. ``populations`` is a list of ``(meta, data)``.
+
+    Per data set (``meta["dataset"]``, if given), a hidden layer whose kept SVCCA
+    dimensions fill ``max_fill`` (default
+    :data:`rmpm.book.populations.MAX_FILL`) of the small sample's centred space in
+    any population is flagged, and ``rm_small`` and ``rm_small_raw`` are recomputed
+    over the others (``rm_small_layers``, ``flagged_small``). If every layer is
+    flagged they are NaN: RM on this few inputs measures the sample, not the
+    models, and the tests leave it out."""
+    from .populations import MAX_FILL
+    max_fill = MAX_FILL if max_fill is None else check_range("max_fill", max_fill, 0.0, lo_open=True)
     rows = [{**meta, **small_sample_measures(data, n_small, keep, conv)} for meta, data in populations]
     if not rows:
         raise ValueError("populations is empty")
+    t = pd.DataFrame(rows)
+    groups = t.groupby("dataset", sort=False).groups if "dataset" in t else {None: t.index}
+    for _, idx in groups.items():
+        part = t.loc[idx]
+        layers = part["layers_small"].iloc[0].split(",")
+        flagged = [k for k in layers if (part[f"fill_small:{k}"] >= max_fill).any()]
+        used = [k for k in layers if k not in flagged]
+        t.loc[idx, "flagged_small"] = ",".join(flagged)
+        t.loc[idx, "rm_small_layers"] = ",".join(used)
+        if used:
+            t.loc[idx, "rm_small"] = np.mean([part[f"rm_small:{k}"] / part[f"rm_small_null:{k}"]
+                                              for k in used], axis=0)
+            t.loc[idx, "rm_small_raw"] = np.mean([part[f"rm_small:{k}"] for k in used], axis=0)
+        else:
+            t.loc[idx, ["rm_small", "rm_small_raw"]] = np.nan
+    return t
+
+
+def kept_dims_table(table: pd.DataFrame, prefix: str = "dims_small") -> pd.DataFrame:
+    """Kept SVCCA dimensions per (data set, factor) and layer (the most over
+    replicates) from the ``<prefix>:<layer>`` columns of a small-sample or factor
+    table: the record of what each layer's RM rests on."""
+    cols = [c for c in table.columns if c.startswith(prefix + ":")]
+    if not cols:
+        raise ValueError(f"the table has no {prefix}:<layer> columns")
+    keys = [k for k in ("dataset", "factor") if k in table]
+    out = table.groupby(keys, sort=False)[cols].max()
+    return out.rename(columns=lambda c: c.split(":", 1)[1])
+
+
+# ----------------------------------------------------------------------------- generalisation
+
+#: The abstract's question, answered across populations: predictors measured on
+#: the small sample and what they would predict on the held-out inputs.
+PREDICTORS = {"RM (chance-adjusted)": "rm_small", "PM (prediction variance)": "pm_small",
+              "disagreement, no labels": "disagree_small",
+              "accuracy, labelled (baseline)": "acc_small"}
+TARGETS = {"OOD accuracy": "acc_ood_rest", "OOD PM": "pm_ood_rest",
+           "i.i.d. accuracy": "acc_iid_rest"}
+#: Error estimates (estimate column, target error = 1 - accuracy column, needs labels?)
+ERROR_ESTIMATES = (
+    ("i.i.d. error", "disagreement on the small sample", "disagree_small", "acc_iid_rest", False),
+    ("i.i.d. error", "error on the small labelled sample", "err:acc_small", "acc_iid_rest", True),
+    ("OOD error", "disagreement on unlabelled corrupted inputs", "disagree_ood_small",
+     "acc_ood_rest", False),
+    ("OOD error", "error on the small labelled i.i.d. sample", "err:acc_small", "acc_ood_rest", True),
+    ("OOD error", "error on a small labelled corrupted sample", "err:acc_ood_small",
+     "acc_ood_rest", True),
+)
+
+
+def _factor_resamples(t: pd.DataFrame, n_boot: int, rng) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` resamples of whole factors (all their data sets and
+    replicates), drawn jointly across data sets."""
+    factors = list(dict.fromkeys(t["factor"]))
+    rows = [np.flatnonzero(t["factor"].to_numpy() == f) for f in factors]
+    return [np.concatenate([rows[i] for i in rng.integers(0, len(factors), len(factors))])
+            for _ in range(n_boot)]
+
+
+def _within_spearman(t: pd.DataFrame, x: np.ndarray, y: np.ndarray) -> float:
+    """tanh of the mean Fisher z of the per-data-set Spearman correlations."""
+    zs = []
+    for ds in dict.fromkeys(t["dataset"]):
+        m = (t["dataset"] == ds).to_numpy()
+        r = stats.rank_correlation(x[m], y[m]) if m.sum() >= 3 else np.nan
+        zs.append(np.arctanh(np.clip(r, -0.999999, 0.999999)))
+    return float(np.tanh(np.mean(zs)))
+
+
+def _interval(fn, t: pd.DataFrame, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
+    est = fn(t)
+    rng = np.random.default_rng(seed)
+    reps = np.array([fn(t.iloc[i].reset_index(drop=True)) for i in _factor_resamples(t, n_boot, rng)])
+    reps = reps[np.isfinite(reps)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(reps, [a, 1 - a]) if reps.size else (np.nan, np.nan)
+    return est, float(lo), float(hi)
+
+
+def generalisation_predictors(small: pd.DataFrame, n_boot: int = 1000, level: float = 0.95,
+                              seed: int = 0) -> pd.DataFrame:
+    """How well each small-sample quantity (:data:`PREDICTORS`) predicts each
+    held-out target (:data:`TARGETS`) across populations: the within-data-set
+    Spearman correlation (Fisher-z mean over data sets) with a percentile interval
+    over whole *factors* resampled (a factor's replicates share its recipe).
+    Predictor and target come from the same models, as a user predicting *their*
+    models' generalisation would have them; it answers the abstract's question
+    descriptively (the test of C2 is :func:`rmpm.book.decisions.c2_evidence`)."""
+    stats.check_boot(n_boot, level)
+    rows = []
+    for i, (pname, x) in enumerate(PREDICTORS.items()):
+        for tname, y in TARGETS.items():
+            if x not in small or y not in small:
+                continue
+            t = small.dropna(subset=[x, y]).reset_index(drop=True)
+            if t.empty:
+                continue
+            est, lo, hi = _interval(lambda u: _within_spearman(u, u[x].to_numpy(float),
+                                                               u[y].to_numpy(float)),
+                                    t, n_boot, level, seed + i)
+            rows.append({"predictor": pname, "target": tname, "spearman": est, "low": lo,
+                         "high": hi, "n_populations": len(t)})
+    return pd.DataFrame(rows)
+
+
+def error_estimates(small: pd.DataFrame, n_boot: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> pd.DataFrame:
+    """Disagreement between a population's models as a label-free estimate of their
+    error (Jiang et al. 2022, *Assessing generalization of SGD via disagreement*,
+    ICLR: for independently trained, well-calibrated models the expected
+    disagreement equals the expected error) beside labelled estimates, for the
+    held-out i.i.d. and OOD error (:data:`ERROR_ESTIMATES`). Per estimate: mean
+    bias (estimate - actual error), mean absolute error and the within-data-set
+    Spearman with the actual error, each with an interval over resampled
+    factors. Most populations here share their initial weights, which lowers
+    their disagreement: the bias shows how much."""
+    stats.check_boot(n_boot, level)
+    rows = []
+    for i, (target, what, est_col, acc_col, labels) in enumerate(ERROR_ESTIMATES):
+        src = est_col.split(":", 1)[1] if est_col.startswith("err:") else est_col
+        if src not in small or acc_col not in small:
+            continue
+        t = small.dropna(subset=[src, acc_col]).reset_index(drop=True)
+        if t.empty:
+            continue
+
+        def estimate(u):
+            return 1 - u[src].to_numpy(float) if est_col.startswith("err:") else u[src].to_numpy(float)
+
+        def bias(u):
+            return float(np.mean(estimate(u) - (1 - u[acc_col].to_numpy(float))))
+
+        def mae(u):
+            return float(np.mean(np.abs(estimate(u) - (1 - u[acc_col].to_numpy(float)))))
+
+        def rho(u):
+            return _within_spearman(u, estimate(u), 1 - u[acc_col].to_numpy(float))
+        row = {"target": target, "estimate": what, "needs labels": labels}
+        for j, (name, fn) in enumerate((("bias", bias), ("mean abs. error", mae), ("spearman", rho))):
+            e, lo, hi = _interval(fn, t, n_boot, level, seed + 10 * i + j)
+            row.update({name: e, f"{name} low": lo, f"{name} high": hi})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -527,7 +707,8 @@ def correlation_dict(frame: pd.DataFrame, predictor: str, target: str) -> dict[s
     return {k: (None if not np.isfinite(r[k]) else float(r[k])) for k in ("r", "low", "high", "p")}
 
 
-__all__ = ["count_inputs", "size_grid", "pm_by_inputs", "rm_by_inputs", "svcca_null", "stable_size", "first_within",
+__all__ = ["default_small_sample", "kept_dims_table", "generalisation_predictors",
+           "error_estimates", "PREDICTORS", "TARGETS", "ERROR_ESTIMATES", "count_inputs", "size_grid", "pm_by_inputs", "rm_by_inputs", "svcca_null", "stable_size", "first_within",
            "by_models", "replicate_agreement", "small_sample_measures", "small_sample_table",
            "predictive_correlations", "leave_one_dataset_out", "correlation_dict",
            "replicate_agreement_by_dataset"]

@@ -323,7 +323,7 @@ def claim_tests(tests, alpha: float = 0.05):
     a2.axvline(alpha, color="k", lw=1)
     a1.set_yticks(y)
     a1.set_yticklabels([f"{r.claim}: {r.test}" for r in t.itertuples()], fontsize=8)
-    a1.set_xlabel("estimate (ρ, Kendall's W, or share of inputs)")
+    a1.set_xlabel("estimate (RM contrast, ρ, or share of inputs)")
     a1.grid(alpha=0.3)
     a2.set_xscale("log")
     a2.set_xlabel(f"p-value (solid: alpha = {alpha:g})")
@@ -335,8 +335,8 @@ def claim_tests(tests, alpha: float = 0.05):
 def calibration_chart(cal, alpha: float = 0.05):
     """Rate at which each verdict level is reached under each simulated scenario
     (:func:`rmpm.book.calibration.calibrate`): false-positive rates under the nulls
-    (must stay left of alpha, the dashed line) and power under the alternative,
-    with +-2 standard errors."""
+    (must stay left of alpha, the dashed line), each null of the family labelled
+    by its noise model, and power under the alternative, with +-2 standard errors."""
     levels = list(dict.fromkeys(cal["level"]))
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 0.35 * len(cal) / len(levels) + 1.4),
                              sharey=True, squeeze=False)
@@ -354,7 +354,8 @@ def calibration_chart(cal, alpha: float = 0.05):
         ax.set_xlabel("rate over simulations")
         ax.grid(alpha=0.3)
         ax.set_yticks(y)
-        ax.set_yticklabels([f"{r.claim} {r.hypothesis}" for r in t.itertuples()], fontsize=8)
+        ax.set_yticklabels([f"{r.claim} {r.hypothesis}" + (f" ({r.noise})" if "noise" in t else "")
+                            for r in t.itertuples()], fontsize=8)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig

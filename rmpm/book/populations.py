@@ -293,6 +293,15 @@ def permuted_rows(acts: Sequence[np.ndarray], seed: int = NULL_SEED) -> list[np.
     return [np.asarray(a)[rng.permutation(len(a))] for a in acts]
 
 
+#: SVCCA's fixed number of kept directions in the cross-check (``rm_k``): the
+#: same for every layer and model, so no factor is ranked by its kept dimensions.
+FIXED_K = 8
+#: A layer whose two largest kept SVCCA dimensions fill this share of the
+#: centred input space (:func:`rmpm.measures.similarity.subspace_fill`) in some
+#: population of a data set is flagged and left out of that data set's tests.
+MAX_FILL = 0.5
+
+
 def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "pool",
                         cross_checks: bool = True) -> dict[str, Any]:
     """RM (per layer, over hidden layers, chance-adjusted) and PM (i.i.d. and every
@@ -303,11 +312,17 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     :func:`permuted_rows`); ``rm_adj:<layer>`` = ``rm / rm_null``, RM as a
     fraction of what unrelated representations with the same kept dimensions
     would score (1 = no more similar than chance; the SVCCA analogue of a
-    chance-corrected agreement). Model level: ``rm`` and ``rm_adj`` are means over
-    the hidden layers (:func:`hidden_layers`), as is ``rm_null`` (the floor),
-    ``rm_logits`` the output layer's
-    RM, ``rm_all_layers`` the mean over every layer; with ``cross_checks`` also
-    ``rm_cka`` and ``rm_pwcca`` (hidden layers).
+    chance-corrected agreement); ``dims:<layer>`` the most SVCCA dimensions a
+    model keeps, ``rows:<layer>`` the activation rows, ``fill:<layer>`` their
+    :func:`~rmpm.measures.similarity.subspace_fill`. Model level: ``rm``,
+    ``rm_adj`` and ``rm_null`` are means over the hidden layers
+    (:func:`hidden_layers`; :func:`factor_table` recomputes them over the layers
+    it does not flag), ``rm_logits`` the output layer's RM, ``rm_all_layers`` the
+    mean over every layer. With ``cross_checks``, per hidden layer: ``rm_cka:``
+    (1 - linear CKA), ``rm_pwcca:``, ``rm_dcka:`` and ``rm_dcka_null:`` (1 -
+    debiased CKA, observed and row-permuted), ``rm_k:`` and ``rm_k_null:`` (SVCCA
+    keeping :data:`FIXED_K` directions), and their means ``rm_cka``, ``rm_pwcca``,
+    ``rm_dcka_adj``, ``rm_k_adj`` (chance-adjusted like ``rm_adj``).
     PM keys: ``pm:iid`` and ``pm:<kind>:<sev>`` (prediction variance), ``pm_ood``
     (mean over shifts), ``disagree:iid``, ``disagree:<kind>:<sev>``,
     ``disagree_ood``; accuracies ``acc_iid``, ``acc_ood`` (means over models),
@@ -319,24 +334,30 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     layers = data.layers()
     hidden = hidden_layers(layers)
     acts = {layer: data.activations(layer, conv) for layer in layers}
+    permuted = {k: permuted_rows(v, NULL_SEED + i) for i, (k, v) in enumerate(acts.items())}
     sims = SIM.pairwise_layers(acts, "svcca", keep)
-    nulls = SIM.pairwise_layers({k: permuted_rows(v, NULL_SEED + i)
-                                 for i, (k, v) in enumerate(acts.items())}, "svcca", keep)
+    nulls = SIM.pairwise_layers(permuted, "svcca", keep)
     for layer in layers:
         out[f"rm:{layer}"] = SIM.representational_multiplicity(sims[layer])
     for layer in layers:
         out[f"rm_null:{layer}"] = SIM.representational_multiplicity(nulls[layer])
-        out[f"rm_adj:{layer}"] = out[f"rm:{layer}"] / out[f"rm_null:{layer}"]
-    out["rm"] = float(np.mean([out[f"rm:{layer}"] for layer in hidden]))
-    out["rm_adj"] = float(np.mean([out[f"rm_adj:{layer}"] for layer in hidden]))
-    out["rm_null"] = float(np.mean([out[f"rm_null:{layer}"] for layer in hidden]))
-    out["rm_all_layers"] = float(np.mean([out[f"rm:{layer}"] for layer in layers]))
-    if LOGITS in layers:
-        out["rm_logits"] = out[f"rm:{LOGITS}"]
+        out[f"rm_adj:{layer}"] = _ratio(out[f"rm:{layer}"], out[f"rm_null:{layer}"])
+        dims = [SIM.svd_reduce(a, keep).dims for a in acts[layer]]
+        rows = int(np.shape(acts[layer][0])[0])
+        out[f"dims:{layer}"] = int(max(dims))
+        out[f"rows:{layer}"] = rows
+        out[f"fill:{layer}"] = SIM.subspace_fill(dims, rows)
     if cross_checks:
         hid = {k: acts[k] for k in hidden}
-        out["rm_cka"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "cka"))
-        out["rm_pwcca"] = SIM.representational_multiplicity(SIM.pairwise_layers(hid, "pwcca", keep))
+        hid_perm = {k: permuted[k] for k in hidden}
+        for name, measure, kept, what in (("rm_cka", "cka", keep, hid), ("rm_pwcca", "pwcca", keep, hid),
+                                          ("rm_dcka", "cka_debiased", keep, hid),
+                                          ("rm_dcka_null", "cka_debiased", keep, hid_perm),
+                                          ("rm_k", "svcca", FIXED_K, hid),
+                                          ("rm_k_null", "svcca", FIXED_K, hid_perm)):
+            for layer, sim in SIM.pairwise_layers(what, measure, kept).items():
+                out[f"{name}:{layer}"] = SIM.representational_multiplicity(sim)
+    out.update(layer_means(out, hidden, layers))
     p_iid = data.probs("iid")
     out["pm:iid"] = PM.prediction_variance(p_iid)
     out["disagree:iid"] = PM.mean_disagreement(p_iid)
@@ -359,11 +380,77 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     return out
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b`` for the chance adjustment; NaN when the floor ``b`` is not positive."""
+    return float(a / b) if b > 0 else float("nan")
+
+
+def layer_means(m: dict[str, Any], used: Sequence[str],
+                layers: Sequence[str] | None = None) -> dict[str, float]:
+    """The model-level RM of one population's measures ``m`` over the hidden layers
+    ``used``: ``rm``, ``rm_adj``, ``rm_null`` and, where ``m`` has them, the
+    cross-checks ``rm_cka``, ``rm_pwcca`` (raw), ``rm_dcka_adj`` and ``rm_k_adj``
+    (each layer's value over its row-permuted floor, then averaged, as ``rm_adj``);
+    with ``layers`` also ``rm_all_layers`` and ``rm_logits``."""
+    if not used:
+        raise ValueError("layer_means needs at least one layer")
+    out = {"rm": float(np.mean([m[f"rm:{k}"] for k in used])),
+           "rm_adj": float(np.mean([m[f"rm_adj:{k}"] for k in used])),
+           "rm_null": float(np.mean([m[f"rm_null:{k}"] for k in used]))}
+    for name in ("rm_cka", "rm_pwcca"):
+        if f"{name}:{used[0]}" in m:
+            out[name] = float(np.mean([m[f"{name}:{k}"] for k in used]))
+    for name in ("rm_dcka", "rm_k"):
+        if f"{name}:{used[0]}" in m:
+            out[f"{name}_adj"] = float(np.mean([_ratio(m[f"{name}:{k}"], m[f"{name}_null:{k}"])
+                                                for k in used]))
+    if layers is not None:
+        out["rm_all_layers"] = float(np.mean([m[f"rm:{k}"] for k in layers]))
+        if LOGITS in layers:
+            out["rm_logits"] = m[f"rm:{LOGITS}"]
+    return out
+
+
+def flagged_layers(rows: Sequence[dict[str, Any]], layers: Sequence[str],
+                   max_fill: float = MAX_FILL) -> list[str]:
+    """The ``layers`` whose ``fill:<layer>`` reaches ``max_fill`` in any of
+    ``rows`` (the populations of one data set): their kept SVCCA dimensions
+    approach the number of inputs, so their RM is mostly the small-sample floor.
+    Flagging per data set keeps every population's RM over the same layers."""
+    check_range("max_fill", max_fill, 0.0, lo_open=True)
+    return [k for k in layers if any(r[f"fill:{k}"] >= max_fill for r in rows)]
+
+
+def trusted_layer_means(rows: list[dict[str, Any]], max_fill: float = MAX_FILL) -> None:
+    """Recompute, in place, the model-level RM of the populations ``rows`` (one
+    data set's, each with its ``layers``) over the hidden layers that
+    :func:`flagged_layers` does not flag; record ``rm_layers`` (those used) and
+    ``flagged_layers``. If every hidden layer is flagged, all of them are used and
+    ``rm_layers`` says ``"all flagged: ..."``, so no reader takes it for trusted."""
+    if not rows:
+        return
+    layers = rows[0]["layers"].split(",")
+    hidden = hidden_layers(layers)
+    flagged = flagged_layers(rows, hidden, max_fill)
+    used = [k for k in hidden if k not in flagged]
+    label = ",".join(used) if used else "all flagged: " + ",".join(hidden)
+    for r in rows:
+        r.update(layer_means(r, used or hidden, layers))
+        r["rm_layers"] = label
+        r["flagged_layers"] = ",".join(flagged)
+
+
 def factor_table(profile: str | Profile, dataset: str | None = None,
                  factors: Sequence[str] | None = None, conv: str = "pool",
                  store: Store | str | None = None, train: bool | None = None,
-                 progress: bool = True, device: str | None = None) -> pd.DataFrame:
+                 progress: bool = True, device: str | None = None,
+                 max_fill: float = MAX_FILL) -> pd.DataFrame:
     """One row per (data set, factor, replicate) population with its RM and PM.
+
+    The model-level RM (``rm``, ``rm_adj``, ``rm_null`` and the cross-checks) is
+    over the hidden layers that no population of the data set flags
+    (:func:`trusted_layer_means`, ``max_fill``); ``rm_layers`` and
+    ``flagged_layers`` say which.
 
     Trains whatever is missing first (``train=True``, on ``device``, default the
     profile's), so a notebook can call this alone; with ``train=False`` a missing
@@ -371,11 +458,13 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
     trained the profile (:func:`trained_by_build`).
     """
     p = get_profile(profile)
+    check_range("max_fill", max_fill, 0.0, lo_open=True)
     if train is None:
         train = not trained_by_build(p)
     datasets = [dataset] if dataset is not None else list(p.datasets)
     rows = []
     for ds in datasets:
+        first = len(rows)
         pops = factor_populations(p, ds, factors)
         if train:
             train_profile(p, [ds], list(pops), device=device or p.device, store=store,
@@ -394,12 +483,14 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
                                  getattr(r, field0), float) else str(getattr(r, field0))
                                  for r in pop.recipes),
                              "layers": layers, **m})
+        trusted_layer_means(rows[first:], max_fill)
     return pd.DataFrame(rows)
 
 
 #: bump when population_measures changes what it computes (3: hidden-layer and
-#: chance-adjusted RM; 4: entries record their inputs)
-MEASURES_VERSION = 4
+#: chance-adjusted RM; 4: entries record their inputs; 5: kept dimensions per
+#: layer, debiased-CKA and fixed-k SVCCA cross-checks per layer)
+MEASURES_VERSION = 5
 
 
 def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",

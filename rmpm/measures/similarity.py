@@ -424,6 +424,22 @@ def null_mean_squared_cc(n_inputs: int, dims: tuple[int, int]) -> float:
     return min(1.0, kb / (n_inputs - 1))
 
 
+def subspace_fill(dims: Sequence[int], n_rows: int) -> float:
+    """How much of the centred row space the two largest kept SVCCA subspaces fill:
+    ``(k_(1) + k_(2)) / (n - 1)`` for kept dimensions ``dims`` (one per model) on ``n``
+    rows. Two subspaces of the ``(n-1)``-dimensional centred space share at least
+    ``k_a + k_b - (n - 1)`` directions, so at a fill of 1 or more that many canonical
+    correlations are 1 whatever the models do, and well below it the floor
+    ``sqrt(k/(n-1))`` (:func:`null_mean_squared_cc`) already dominates SVCCA.
+    One model: its dimension counted twice."""
+    check_range("n_rows", n_rows, 2, integer=True)
+    d = sorted(int(k) for k in dims)
+    if not d:
+        raise ValueError("dims must hold at least one kept dimension")
+    two = d[-2:] if len(d) > 1 else d * 2
+    return float(sum(two) / (n_rows - 1))
+
+
 def svcca_covariance(a: Array, b: Array, keep=0.99) -> np.ndarray:
     """Canonical correlations by the textbook route, for cross-checks (chapter 1 shows them).
 
@@ -696,7 +712,7 @@ class LinearCKA(_Measure):
 __all__ = [
     "SVCCAResult", "Reduction", "svcca", "pwcca", "linear_cka", "flatten_conv", "svd_reduce",
     "n_kept", "numerical_rank", "svcca_basis", "svcca_distance", "canonical_correlations", "svcca_covariance",
-    "null_mean_squared_cc", "pairwise_similarity",
+    "null_mean_squared_cc", "subspace_fill", "pairwise_similarity",
     "pairwise_layers", "representational_multiplicity", "rm", "SVCCA", "PWCCA", "LinearCKA",
     "MEASURES", "CONV_MODES",
 ]

@@ -112,7 +112,7 @@ class ResNet(nn.Module):
     """CIFAR-style ResNet-(6n+2) (He et al. 2016, sec. 4.2); n=1 gives ResNet-8.
 
     Three stages of ``width``, ``2*width``, ``4*width`` channels; each stage's
-    output is a probe layer. Computed channels-last (see :func:`_nhwc`).
+    output is a probe layer. Computed in NCHW layout (see the note in ``__init__``).
     """
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, width: int = 16,
@@ -134,10 +134,14 @@ class ResNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.logits = nn.Linear(4 * width, n_classes)
         self.probe_layers = ("stem", "stage1", "stage2", "stage3", "logits")
-        _channels_last(self)
+        # NCHW, unlike SmallCNN: in the pinned AVX2 mode, the channels-last backward
+        # pass of a 1x1 stride-2 convolution (the shortcut) with 2 to 6 input channels
+        # corrupts the heap in torch 2.14.1's CPU kernels ("corrupted double-linked
+        # list"; a width-4 ResNet, as in paper_cpu's width factor, crashes its worker).
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage3(self.stage2(self.stage1(self.stem(_nhwc(x)))))
+        # NCHW whatever the caller's layout, so that the numbers do not depend on it
+        x = self.stage3(self.stage2(self.stage1(self.stem(x.contiguous()))))
         return self.logits(self.drop(self.gap(x)))
 
 
