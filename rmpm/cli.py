@@ -66,6 +66,22 @@ def _add_engine(p: argparse.ArgumentParser, scheduler: bool = True) -> None:
                         "numbers then match only on the same kind of CPU)")
 
 
+def _calibration_progress(no_cache: bool):
+    """What a stopped `rmpm calibrate` has stored: the scenarios it finished are cached."""
+    import time
+
+    from . import paths
+    started, folder = time.time(), paths.calibration_dir()
+
+    def progress() -> str:
+        if no_cache:
+            return "nothing was stored (--no-cache)"
+        done = sum(f.stat().st_mtime >= started for f in folder.glob("*.npz"))
+        return (f"{done} scenario(s) simulated in this run are cached in {folder} (a rerun "
+                "reuses them); the others were not finished")
+    return progress
+
+
 def _calibrate(args) -> int:
     import pandas as pd
 
@@ -93,6 +109,7 @@ def _calibrate(args) -> int:
                            "display.max_columns", 30):
         print("\nScenarios (every null is required to stay at or below alpha):")
         print(C.scenario_table().to_string(index=False))
+        _PROGRESS.append(_calibration_progress(args.no_cache))
         cal = C.calibrate(d, n_sim=args.n_sim, seed=args.seed, alpha=args.alpha,
                           cache=not args.no_cache, progress=True)
         fmt = {"rate": "{:.3f}".format, "se": "{:.3f}".format, "seconds": "{:.1f}".format}
