@@ -1,7 +1,8 @@
 """Runs that stop cleanly, with the real fault injected.
 
-- A store that cannot be written (a full tmpfs, a read-only tmpfs, a file where a
-  folder must be) stops `rmpm train` at the first failure, on the Dask engine and in
+- A store that cannot be written (a full tmpfs, a read-only tmpfs, a folder this
+  user may not write to, a file where a folder must be) stops `rmpm train` at the
+  first failure, on the Dask engine and in
   the in-process loop: exit 2, one message naming the cause and the path, and the
   store keeps every complete entry and nothing half-written.
 - A real SIGINT (to the process group, as a terminal's Ctrl-C) or SIGTERM to a real
@@ -94,8 +95,9 @@ def remount(d: Path, mode: str) -> None:
 # ----------------------------------------------------------------------------- store faults
 
 def test_each_cause_has_its_own_message(tmp_path):
-    """The four causes, each named with the path and its own remedy; the errno of a
-    permission error cannot be produced for root, so it is built here."""
+    """The four causes side by side, each named with the path and its own remedy (each
+    is also injected for real below: full and read-only tmpfs, no permission, a file
+    in the way)."""
     target = tmp_path / "store" / "models"
     msgs = {}
     for code, cause in ((errno.ENOSPC, "full"), (errno.EROFS, "read-only"),
@@ -166,6 +168,37 @@ def test_a_file_in_the_way_stops_the_run_with_its_own_message(tmp_path):
     assert "Traceback" not in r.stderr
     blocker.unlink()
     _assert_intact(tmp_path, store, before)
+
+
+@pytest.mark.cluster
+def test_no_permission_stops_the_run_with_its_own_message(tmp_path):
+    """A folder of the store this user may not write to, met in the middle of the run.
+    Root may write anywhere, so the run is started without CAP_DAC_OVERRIDE (setpriv)
+    and the store's models/ folder belongs to another user."""
+    import shutil
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot run without CAP_DAC_OVERRIDE")
+    store = tmp_path / "store"
+    before = _seed(tmp_path, store)
+    os.chown(store / "models", 65534, 65534)
+    os.chmod(store / "models", 0o755)
+    r = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                        "--inh-caps", "-dac_override,-dac_read_search", sys.executable, "-m",
+                        "rmpm", "train", *DIGITS, "--workers", "1", "--store", str(store)],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    if r.returncode != 2 and r.stderr.startswith("setpriv:"):
+        pytest.skip(f"dropping capabilities is not permitted here: {r.stderr.strip()}")
+    assert r.returncode == 2, r.stderr[-3000:]
+    [msg] = error_lines(r.stderr, "train")
+    assert re.match(rf"rmpm train: error: cannot write to the store at {store / 'models'}/"
+                    r"[0-9a-f]{2}: Permission denied\. Give this user write permission there",
+                    msg), msg
+    assert "The run stopped there: 1 of 6 model(s)" in msg and "Free disk space" not in msg
+    assert "Traceback" not in r.stderr
+    os.chown(store / "models", 0, 0)
+    _assert_intact(tmp_path, store, before)
+    assert len(committed(store)) == 1
 
 
 def test_read_only_store_stops_train_and_book_before_any_work(tmp_path, tmpfs):
