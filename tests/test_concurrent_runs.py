@@ -80,6 +80,28 @@ def test_a_killed_holders_claim_expires(tmp_path):
     assert Store(store).verify() == []  # locks/ is no entry: nothing to list or check
 
 
+def test_a_claim_held_past_the_timeout_is_computed_anyway(tmp_path):
+    """A holder that is alive but never finishes (hung): the waiting task gives up after
+    its timeout, warns, and computes the entry itself (the atomic commit keeps one copy)."""
+    from rmpm.pipeline.claims import work_through
+    store = tmp_path / "store"
+    holder = _holder(store)  # holds RECIPES[0] until told otherwise
+    done, computed = set(), []
+
+    def compute(batch):
+        computed.append([r.key() for r in batch])
+        done.update(r.key() for r in batch)
+
+    args = (RECIPES[:2], lambda r: r.key(), store, "models", lambda r: r.key() in done, compute)
+    assert work_through(*args) == ([RECIPES[1]], [RECIPES[0]])  # the claimed one deferred
+    with pytest.warns(RuntimeWarning, match="1 entry of models claimed by another process for "
+                                            "over 1 s; computing it here too"):
+        assert work_through(*args, wait=True, poll=0.1, timeout=1.0) == ([RECIPES[0]], [])
+    assert computed == [[RECIPES[1].key()], [RECIPES[0].key()]]
+    holder.kill()
+    holder.wait(10)
+
+
 def _run_in_thread(store: Path, workers: int):
     out: dict = {}
 

@@ -118,9 +118,10 @@ def work_through(items: Sequence[T], name_of: Callable[[T], str], root: str | Pa
         if time.monotonic() > deadline:
             rest = [x for x in rest if not done(x)]
             if rest:
-                warnings.warn(f"{len(rest)} {kind} entr{'y' if len(rest) == 1 else 'ies'} "
-                              f"claimed by another process for over {timeout:.0f} s; computing "
-                              "them here too", RuntimeWarning, stacklevel=2)
+                one = len(rest) == 1
+                warnings.warn(f"{len(rest)} entr{'y' if one else 'ies'} of {kind} claimed by "
+                              f"another process for over {timeout:.0f} s; computing "
+                              f"{'it' if one else 'them'} here too", RuntimeWarning, stacklevel=2)
                 compute(rest)
                 computed += rest
             return computed, []
