@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _SMOKE_NOTE = ("**This page was built with the `{name}` profile**: tiny, under-trained models "
-               "on small data sets, so that CI can build the book in minutes. Its numbers only "
+               "on small data sets, so that the tests can build the book in minutes. Its numbers only "
                "show that the pipeline runs; they are *not* evidence for or against the paper's "
                "claims. Build with `make book PROFILE=default` (or `paper`) for real results.")
 
