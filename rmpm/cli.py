@@ -13,9 +13,39 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 
 from .book.profiles import PROFILES
+
+#: what a stopped command can say about its work, set by the command while it runs
+_PROGRESS: list = []
+#: OS errors no retry fixes (a full disk, a read-only file system, no permission, a
+#: file where a folder must be): one line, not a traceback
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so that every clean-up that
+    Ctrl-C runs (``finally`` blocks, cancelled tasks, killed subprocesses) runs for it."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_signals(handler) -> None:
+    """Install ``handler`` for SIGTERM (and SIG_IGN for both, while stopping); only the
+    main thread may, so ``main`` called from another thread leaves them alone."""
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        if handler is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _add_profile(p: argparse.ArgumentParser, default: str = "default") -> None:
@@ -34,6 +64,22 @@ def _add_engine(p: argparse.ArgumentParser, scheduler: bool = True) -> None:
     p.add_argument("--fast", action="store_true",
                    help="opt out of deterministic mode: use this CPU's fastest kernels (the "
                         "numbers then match only on the same kind of CPU)")
+
+
+def _calibration_progress(no_cache: bool):
+    """What a stopped `rmpm calibrate` has stored: the scenarios it finished are cached."""
+    import time
+
+    from . import paths
+    started, folder = time.time(), paths.calibration_dir()
+
+    def progress() -> str:
+        if no_cache:
+            return "nothing was stored (--no-cache)"
+        done = sum(f.stat().st_mtime >= started for f in folder.glob("*.npz"))
+        return (f"{done} scenario(s) simulated in this run are cached in {folder} (a rerun "
+                "reuses them); the others were not finished")
+    return progress
 
 
 def _calibrate(args) -> int:
@@ -63,6 +109,7 @@ def _calibrate(args) -> int:
                            "display.max_columns", 30):
         print("\nScenarios (every null is required to stay at or below alpha):")
         print(C.scenario_table().to_string(index=False))
+        _PROGRESS.append(_calibration_progress(args.no_cache))
         cal = C.calibrate(d, n_sim=args.n_sim, seed=args.seed, alpha=args.alpha,
                           cache=not args.no_cache, progress=True)
         fmt = {"rate": "{:.3f}".format, "se": "{:.3f}".format, "seconds": "{:.1f}".format}
@@ -169,11 +216,49 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repair only goes with `store verify`")
     if args.command == "store":
         _check_store_args(parser, args)
+    import threading
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM) if main_thread else None
+    old_int = signal.getsignal(signal.SIGINT) if main_thread else None
+    _stop_signals(_raise_terminated)
+    _PROGRESS.clear()
     try:
+        from . import paths
+        paths.check_folders(getattr(args, "store", None))  # every command, --dry-run too
         return _dispatch(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        return _interrupted(args.command, e)
     except (ValueError, KeyError, RuntimeError) as e:  # incl. StoreWriteError, DamagedEntryError
         print(f"rmpm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _FATAL_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"rmpm {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> int:
+    """One line saying what was stored and what was not; no workers left; 130 or 143."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    _stop_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    from .pipeline.engine import close_clients
+    close_clients()  # the embedded cluster's workers end with it
+    said = []
+    for progress in _PROGRESS:
+        try:
+            said.append(progress())
+        except Exception as err:  # noqa: BLE001 - the line must come out whatever happens
+            said.append(f"(what is stored could not be told: {type(err).__name__})")
+    note = getattr(e, "note", "")
+    what = "; ".join([*said, *([note] if note else [])]) or "nothing was stored"
+    print(f"rmpm {command}: stopped by {signal.Signals(signum).name}: {what}", file=sys.stderr)
+    return 128 + signum
 
 
 def _check_store_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -212,6 +297,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         _names_given("--only", args.only, [p.stem for p in notebook_paths()])
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers={args.workers} must be >= 1")
+        from .book.populations import eval_spec, profile_recipes
+        from .pipeline.store import Store
+        _PROGRESS.append(lambda: Store().progress(profile_recipes(args.profile),
+                                                  eval_spec(args.profile).key()))
         build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean,
               workers=args.workers, deterministic=not args.fast)
         return 0
@@ -235,7 +324,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(plan_table(recipes, spec, args.store))
             return 0
-        Store(args.store).check_writable()  # a read-only or full disk stops here, not at the end
+        store = Store(args.store)
+        store.check_writable()  # a read-only or full disk stops here, not at the end
+        _PROGRESS.append(lambda: store.progress(recipes, spec.key())
+                         + "; the rest was not computed, and a rerun continues from there")
         from .pipeline.data import ensure
         ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
         if args.workers is not None and args.workers < 1:

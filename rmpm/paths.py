@@ -51,6 +51,41 @@ def store_root() -> Path:
     return Path(env).expanduser() if env else cache_root() / "store"
 
 
+def in_the_way(path: Path) -> Path | None:
+    """The file that stops ``path`` from being (or becoming) a folder: ``path`` itself
+    or the nearest of its parents that exists, if that is not a folder; else None."""
+    for p in (Path(path), *Path(path).parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
+
+
+def check_folders(store: str | os.PathLike | None = None) -> None:
+    """Refuse, before any work, a store or data folder that cannot be one: a setting
+    (``--store``, ``RMPM_STORE``, ``RMPM_DATA``, or ``RMPM_CACHE`` under which both
+    default) that names a file, or a folder inside a file. One ``ValueError`` names
+    the setting. A folder that does not exist yet is fine: it is created when needed.
+    Every command calls this, so each checks the same way (``--dry-run`` included)."""
+    settings = [("--store", Path(store).expanduser())] if store is not None else []
+    for var in ("RMPM_CACHE", "RMPM_STORE", "RMPM_DATA"):
+        if os.environ.get(var) and not (var == "RMPM_STORE" and store is not None):
+            settings.append((var, Path(os.environ[var]).expanduser()))
+    if store is None:
+        settings.append(("the store folder", store_root()))
+    settings.append(("the data folder", data_root()))
+    for name, path in settings:
+        blocker = in_the_way(path)
+        if blocker is None:
+            continue
+        what = "is a file" if blocker == path else f"is inside {blocker}, which is a file"
+        if not name.startswith(("--", "RMPM_")):  # a default: say which setting chose it
+            raise ValueError(f"{name} {path} {what}, not a folder; set RMPM_CACHE, RMPM_STORE "
+                             "or RMPM_DATA to a folder (it is created if missing)")
+        raise ValueError(f"{name}={path} {what}, not a folder; point {name} at a folder "
+                         "(it is created if missing)" + ("" if name == "--store" else
+                                                         f", or unset {name}"))
+
+
 def notebooks_dir() -> Path:
     root = repo_root()
     if root is None:

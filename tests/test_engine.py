@@ -195,7 +195,7 @@ def test_workers_start_with_the_allocator_settings(client):
     for env in envs.values():
         assert {k: env.get(k) for k in want} == want
     # also a worker its nanny restarts (after a crash) starts with them
-    client.restart_workers(list(envs)[:1])
+    client.restart_workers(list(envs)[:1], timeout=600)  # slow on a loaded machine
     again = client.run(_start_environ)
     assert all({k: e.get(k) for k in want} == want for e in again.values())
 

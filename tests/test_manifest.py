@@ -197,11 +197,12 @@ def test_verify_finds_the_results_of_the_build_its_manifest_names(built, tmp_pat
     monkeypatch.setenv("RMPM_STORE", str(store.root))
     own = book.new_build("smoke")
     shutil.copy(res / "03_rm_by_factor.json", own.results_dir)
+    own = book.finish_build(own)
     later = book.new_build("smoke")  # another build, whose results differ
     doc = json.loads((res / "03_rm_by_factor.json").read_text())
     doc["values"]["rm"] = 0.5
     (later.results_dir / "03_rm_by_factor.json").write_text(json.dumps(doc))
-    (later.dir.parent / "latest").write_text(later.id)
+    later = book.finish_build(later)  # the latest
     m = M.load(path)
     m["environment"]["build"] = own.id
     folder, why = M.results_folder(m)

@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_only_starts_a_new_build_from_a_copy_of_the_latest(no_results_env):
     first = book.new_build("smoke", root)
     with book.build_env(first):
         results.save("03_rm_by_factor", "smoke", {"x": 3})
-    (root / "smoke" / "latest").write_text(first.id)
+    first = book.finish_build(first)
     before = _digests(first.results_dir)
     second = book.new_build("smoke", root, inherit=True)
     assert second.dir != first.dir and _digests(second.results_dir) == before
@@ -144,3 +145,107 @@ def test_plain_papermill_after_a_book_build_leaves_the_book_results_unchanged(no
     assert mine["build"] == "interactive" and mine["profile"] == "smoke"
     with book.build_env(built):
         assert results.load("02_populations")["build"] == built.id
+
+
+def test_a_stopped_or_failed_build_leaves_nothing_that_looks_like_a_build(no_results_env,
+                                                                        monkeypatch):
+    root = no_results_env / "builds"
+    done = book.finish_build(book.new_build("smoke", root))
+    calls = []
+
+    def execute(nb, out, params, **kw):  # the first notebook runs, the second is stopped
+        calls.append(nb.stem)
+        results.save(nb.stem, "smoke", {"x": 1})
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0.0
+
+    monkeypatch.setattr(book, "execute", execute)
+    monkeypatch.setattr(book, "show_parameters", lambda *a: None)
+    monkeypatch.setattr(book, "annotate_figures", lambda *a: None)
+    with pytest.raises(KeyboardInterrupt) as e:
+        book.run_notebooks("smoke", out_dir=no_results_env / "executed", builds_dir=root)
+    assert e.value.note.endswith(f"(1 of 9 notebook(s) had run) and is discarded; the latest "
+                                 f"smoke build is still {done.id}")
+    assert sorted(p.name for p in (root / "smoke").iterdir()) == [done.id, "latest"]
+    assert book.latest_build("smoke", root) == done
+    monkeypatch.setattr(book, "execute", lambda *a, **k: 1 / 0)  # a failing notebook
+    with pytest.raises(book.NotebookFailed) as e:
+        book.run_notebooks("smoke", out_dir=no_results_env / "executed", builds_dir=root)
+    # kept for inspection under a name no finished build has
+    [failed] = [p for p in (root / "smoke").iterdir() if p.name.startswith(".failed-")]
+    assert f"status: {failed / book.STATUS}" in str(e.value)
+    assert sorted(p.name for p in (root / "smoke").iterdir()) == sorted(
+        [done.id, "latest", failed.name])
+    assert book.latest_build("smoke", root) == done
+
+
+_KILLED = """
+import os, sys
+from pathlib import Path
+from rmpm.book import build as book, records
+b = book.new_build("smoke", Path({root!r}))
+with book.build_env(b):
+    records.save("02_populations", "smoke", {{"x": 1}})
+print(b.dir, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_killed_build_leaves_only_a_hidden_partial_that_the_next_build_sets_aside(
+        no_results_env):
+    """kill -9 in the middle of a build: no folder named like a build, no latest; the
+    next build finds its claim expired and moves it aside as failed, and leaves a live
+    one alone."""
+    import os
+    import signal
+    root = no_results_env / "builds"
+    env = {**os.environ, "PYTHONPATH": str(paths.repo_root())}
+    procs = [subprocess.Popen([sys.executable, "-c", _KILLED.format(root=str(root))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    killed, alive = [Path(p.stdout.readline().strip()) for p in procs]
+    os.kill(procs[0].pid, signal.SIGKILL)
+    procs[0].wait(10)
+    assert killed.is_dir() and killed.name.startswith(".partial-")
+    assert [p.name for p in (root / "smoke").iterdir() if not p.name.startswith(".")] == []
+    assert book.latest_build("smoke", root) is None
+    b = book.new_build("smoke", root)  # sweeps what the killed one left
+    assert not killed.exists() and alive.is_dir()
+    assert (root / "smoke" / killed.name.replace(".partial-", ".failed-")).is_dir()
+    assert book.latest_build("smoke", root) is None
+    procs[1].stdin.close()
+    procs[1].wait(10)
+    book.abandon_build(b)
+
+
+def test_reports_go_to_the_builds_own_folder(no_results_env):
+    root = no_results_env / "builds"
+    b = book.new_build("smoke", root)
+    with book.build_env(b):
+        assert results.reports_dir() == b.reports_dir
+        (results.reports_dir() / "07_x").mkdir(parents=True)
+    assert results.reports_dir() == paths.cache_root() / "reports"  # interactive runs
+    done = book.finish_build(b)
+    assert (done.dir / "reports" / "07_x").is_dir() and done.reports_dir.parent == done.dir
+    assert not (paths.generated_dir() / "reports" / "07_x").exists()
+
+
+@pytest.mark.notebook
+def test_a_parameter_error_in_the_kernel_is_one_line(no_results_env, monkeypatch):
+    """A value only the kernel refuses: the executed notebook shows the ParameterError
+    alone, no traceback, and the build's one-line error quotes it."""
+    import nbformat
+    from papermill.exceptions import PapermillExecutionError
+    out = no_results_env / "o.ipynb"
+    monkeypatch.setattr(book, "check_parameters", lambda *a: None)  # let it reach the kernel
+    with pytest.raises(PapermillExecutionError) as e:
+        book.execute(paths.notebooks_dir() / "08_claims.ipynb", out,
+                     {"profile": "smoke", "alpha": "abc"})
+    want = "ParameterError: 08_claims: parameter alpha='abc' must be a number"
+    assert e.value.traceback == [want]
+    assert book._one_line(e.value).endswith(f"raised {want}")
+    nb = nbformat.read(out, as_version=4)
+    [err] = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if o.output_type == "error"]
+    assert err.traceback == [want]

@@ -7,10 +7,19 @@ need come from the store, so a second build retrains nothing.
 
 Every build writes its result files to a folder of its own,
 ``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book.records`),
-and the book's pages read only that folder; ``latest`` in the profile's folder
-names the last build that executed all its notebooks. ``--only`` starts a new
-build from a copy of the latest one's results, so it never rewrites a finished
-build either.
+and its reports (chapter 7) to ``reports/`` beside them; the book's pages read only
+that folder; ``latest`` in the profile's folder names the last build that executed
+all its notebooks. ``--only`` starts a new build from a copy of the latest one's
+results, so it never rewrites a finished build either.
+
+A build in progress lives in a hidden ``.partial-<build id>`` folder, claimed by its
+process (:class:`rmpm.pipeline.claims.Claim`), and is renamed to its id only when
+every notebook has run, just before ``latest`` names it. A stopped build (Ctrl-C,
+SIGTERM) is removed; a failed one is kept for inspection as ``.failed-<build id>``
+(its status file and the failed notebook); one killed outright leaves its hidden
+partial folder, which the next build, finding its claim expired, moves to
+``.failed-<build id>`` too. So nothing that looks like a finished build is ever
+left half done.
 """
 from __future__ import annotations
 
@@ -78,8 +87,12 @@ def execute(path: Path, out: Path, params: dict[str, Any], cwd: Path | None = No
     check_parameters(path, params)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # the kernel is killed, not asked to shut down, once its cells have run (their
+    # files are written by then) or when the build is stopped: a kernel asked to shut
+    # down in the middle of a cell prints a traceback of its own
     pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel_name(),
-                        cwd=str(cwd or path.parent), progress_bar=progress)
+                        cwd=str(cwd or path.parent), progress_bar=progress,
+                        shutdown_kernel="immediate")
     return time.perf_counter() - t0
 
 
@@ -97,9 +110,13 @@ def select_notebooks(only: Sequence[str] | None = None) -> list[Path]:
     return [p for p in nbs if p.stem in only]
 
 
+PARTIAL, FAILED = ".partial-", ".failed-"
+
+
 @dataclass(frozen=True)
 class Build:
-    """One book build: its id and the folder its result files live in."""
+    """One book build: its id and the folder its files live in now (the hidden
+    ``.partial-<id>`` folder until it is finished, see :func:`finish_build`)."""
 
     profile: str
     id: str
@@ -108,6 +125,19 @@ class Build:
     @property
     def results_dir(self) -> Path:
         return self.dir / "results"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Reports the chapters save as files (chapter 7's), this build's own."""
+        return self.dir / "reports"
+
+    @property
+    def finished(self) -> bool:
+        return self.dir.name == self.id
+
+    def as_finished(self) -> "Build":
+        """The same build where it lives once finished."""
+        return Build(self.profile, self.id, self.dir.parent / self.id)
 
 
 def builds_root() -> Path:
@@ -121,16 +151,56 @@ def latest_build(profile: str, root: Path | None = None) -> Build | None:
         bid = (d / "latest").read_text().strip()
     except FileNotFoundError:
         return None
-    return Build(profile, bid, d / bid) if (d / bid).is_dir() else None
+    return Build(profile, bid, d / bid) if bid and (d / bid).is_dir() else None
+
+
+#: claims of the builds this process has in progress, by build id
+_IN_PROGRESS: dict[str, Any] = {}
+
+
+def _partial_claim(folder: Path):
+    from ..pipeline.claims import Claim
+    return Claim(folder.with_name(folder.name + ".lock"))
+
+
+def sweep_partial_builds(profile: str, root: Path | None = None) -> int:
+    """Move the partial folders of ``profile``'s builds whose process is gone (its
+    claim expired: killed, crashed) aside as failed builds, their status marked
+    ``killed``; a build still running keeps its claim, and its folder. Returns how
+    many were moved."""
+    n = 0
+    for folder in sorted(((root or builds_root()) / profile).glob(f"{PARTIAL}*")):
+        if not folder.is_dir():
+            continue
+        claim = _partial_claim(folder)
+        if claim.try_acquire():
+            try:
+                b = Build(profile, folder.name[len(PARTIAL):], folder)
+                failed = fail_build(b)
+                status = _read_status(failed)
+                if status is not None:
+                    _write_status(failed, {**status, "state": "killed"})
+                n += 1
+            finally:
+                claim.release()
+                claim.path.unlink(missing_ok=True)  # nobody else ever claims this build id
+    return n
 
 
 def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = False) -> Build:
-    """A fresh build folder; with ``inherit`` it starts with a copy of the latest
-    build's results (for ``--only``: the other chapters' results stay available)."""
+    """A fresh build, in progress (in its hidden partial folder, claimed by this process,
+    until :func:`finish_build`); with ``inherit`` it starts with a copy of the latest
+    build's results (for ``--only``: the other chapters' results stay available).
+    Partial folders of builds whose process died are removed first."""
     name = get_profile(profile).name
     d = (root or builds_root()) / name
+    d.mkdir(parents=True, exist_ok=True)
+    sweep_partial_builds(name, root)
     bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    b = Build(name, bid, d / bid)
+    b = Build(name, bid, d / f"{PARTIAL}{bid}")
+    claim = _partial_claim(b.dir)
+    claim.try_acquire()  # a fresh id: nobody else holds it
+    _IN_PROGRESS[bid] = claim
     b.results_dir.mkdir(parents=True)
     prev = latest_build(name, root) if inherit else None
     if prev is not None and prev.results_dir.is_dir():
@@ -139,13 +209,52 @@ def new_build(profile: str | Profile, root: Path | None = None, inherit: bool = 
     return b
 
 
+def finish_build(b: Build) -> Build:
+    """Publish a build whose notebooks all ran: its folder gets its id's name, then
+    ``latest`` names it (in that order, so ``latest`` only ever names a finished build)."""
+    if b.finished:
+        return b
+    done = b.as_finished()
+    b.dir.rename(done.dir)
+    atomic_write_text(done.dir.parent / "latest", done.id + "\n")
+    _release(b)
+    return done
+
+
+def fail_build(b: Build) -> Build:
+    """Keep an unfinished build that failed, for inspection, as ``.failed-<id>`` (never
+    named by ``latest``); returns it where it now is."""
+    if not b.dir.name.startswith(PARTIAL):
+        return b
+    failed = Build(b.profile, b.id, b.dir.with_name(f"{FAILED}{b.id}"))
+    b.dir.rename(failed.dir)
+    _release(b)
+    return failed
+
+
+def abandon_build(b: Build) -> None:
+    """Remove a stopped build's partial folder (its results are never used); a
+    finished or failed build is left alone."""
+    if b.dir.name.startswith(PARTIAL):
+        shutil.rmtree(b.dir, ignore_errors=True)
+    _release(b)
+
+
+def _release(b: Build) -> None:
+    claim = _IN_PROGRESS.pop(b.id, None)
+    if claim is not None:
+        claim.release()
+        claim.path.unlink(missing_ok=True)
+
+
 @contextmanager
 def build_env(b: Build, commit: str | None = None) -> Iterator[Build]:
     """Point this process (and the notebook kernels it starts, which inherit the
-    environment) at the build's results folder; with ``commit``, tell them the commit
-    the build runs from (``RMPM_COMMIT``, for the verdicts' provenance)."""
+    environment) at the build's results and reports folders; with ``commit``, tell them
+    the commit the build runs from (``RMPM_COMMIT``, for the verdicts' provenance)."""
     from ..pipeline.engine import environ
-    env = {"RMPM_RESULTS": str(b.results_dir), "RMPM_BUILD": b.id}
+    env = {"RMPM_RESULTS": str(b.results_dir), "RMPM_REPORTS": str(b.reports_dir),
+           "RMPM_BUILD": b.id}
     with environ({**env, "RMPM_COMMIT": commit} if commit else env):
         yield b
 
@@ -222,7 +331,9 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     rewritten after every notebook, so a killed build leaves it too. A failing
     notebook stops the build with :class:`NotebookFailed` naming the partially
     executed notebook papermill wrote (a copy is kept in the build folder, since the
-    next build overwrites ``book/_executed``) and the status file.
+    next build overwrites ``book/_executed``) and the status file; the build is then
+    kept as ``.failed-<id>`` (:func:`fail_build`). A stopped one (Ctrl-C, SIGTERM) is
+    removed, and says so in the note of its ``KeyboardInterrupt``.
     """
     p = get_profile(profile)
     out_dir = out_dir or paths.executed_dir()
@@ -235,44 +346,60 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     _write_status(build, status)
     timings = {}
     params = {"profile": p.name}
-    with build_env(build, commit):
-        for nb in nbs:
-            print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
-                  flush=True)
-            out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
-            before = out.stat().st_mtime_ns if out.exists() else None
-            t0 = time.perf_counter()
-            try:
-                timings[nb.stem] = execute(nb, out, params)
-            except BaseException as e:
-                fresh = out.exists() and out.stat().st_mtime_ns != before
-                kept = None
-                if fresh:  # papermill wrote what ran so far; the next build overwrites it
-                    kept = build.dir / "failed" / nb.name
-                    kept.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(out, kept)
-                entry.update(state="failed", build=build.id,
-                             seconds=round(time.perf_counter() - t0, 1),
-                             papermill=papermill_status(out) if fresh else None,
-                             error=_one_line(e), partial=str(kept) if kept else None)
-                status["state"] = "failed"
-                spath = _write_status(build, status)
-                if not isinstance(e, Exception):
-                    raise
-                where = (f"the partially executed notebook is {out} (kept as {kept})" if kept
-                         else "it failed before papermill wrote a notebook")
-                raise NotebookFailed(f"{nb.name} failed in build {build.id}: {entry['error']}; "
-                                     f"{where}; status: {spath}") from None
-            show_parameters(nb, out, params)
-            annotate_figures(out, nb.stem, build, commit)
-            entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
-                         papermill=papermill_status(out))
-            _write_status(build, status)
-            print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
-    status["state"] = "finished"
-    _write_status(build, status)
-    atomic_write_text(build.dir.parent / "latest", build.id + "\n")
+    try:
+        with build_env(build, commit):
+            for nb in nbs:
+                print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
+                      flush=True)
+                out, entry = out_dir / nb.name, status["notebooks"][nb.stem]
+                before = out.stat().st_mtime_ns if out.exists() else None
+                t0 = time.perf_counter()
+                try:
+                    timings[nb.stem] = execute(nb, out, params)
+                except Exception as e:
+                    build = fail_build(build)  # kept for inspection, under a name of its own
+                    fresh = out.exists() and out.stat().st_mtime_ns != before
+                    kept = None
+                    if fresh:  # papermill wrote what ran so far; the next build overwrites it
+                        kept = build.dir / "failed" / nb.name
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(out, kept)
+                    entry.update(state="failed", build=build.id,
+                                 seconds=round(time.perf_counter() - t0, 1),
+                                 papermill=papermill_status(out) if fresh else None,
+                                 error=_one_line(e), partial=str(kept) if kept else None)
+                    status["state"] = "failed"
+                    spath = _write_status(build, status)
+                    where = (f"the partially executed notebook is {out} (kept as {kept})" if kept
+                             else "it failed before papermill wrote a notebook")
+                    raise NotebookFailed(f"{nb.name} failed in build {build.id}: "
+                                         f"{entry['error']}; {where}; status: {spath}") from None
+                show_parameters(nb, out, params)
+                annotate_figures(out, nb.stem, build, commit)
+                entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
+                             papermill=papermill_status(out))
+                _write_status(build, status)
+                print(f"[rmpm book]   done in {timings[nb.stem]:.1f} s", flush=True)
+        status["state"] = "finished"
+        _write_status(build, status)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the build is discarded
+        abandon_build(build)
+        if not getattr(e, "note", ""):
+            e.note = _unfinished(build, f"{len(timings)} of {len(nbs)} notebook(s) had run",
+                                 builds_dir)
+        raise
+    except BaseException:
+        fail_build(build)
+        raise
+    finish_build(build)
     return timings
+
+
+def _unfinished(b: Build, done: str, root: Path | None = None) -> str:
+    """What a stopped build leaves: for the one line a stopped ``rmpm book`` prints."""
+    latest = latest_build(b.profile, root)
+    return (f"build {b.id} was not finished ({done}) and is discarded; the latest "
+            f"{b.profile} build is still {latest.id if latest else 'none'}")
 
 
 def git_commit() -> str:
@@ -642,13 +769,22 @@ def build(profile: str | Profile, only: Sequence[str] | None = None, strict: boo
     p = get_profile(profile)
     select_notebooks(only)  # bad names stop here, before any work
     from ..pipeline.data import clear_cache, ensure
+    from ..pipeline.store import Store
+    Store().check_writable()  # a read-only or full store stops here, before any work
     ensure(p.datasets)
     clear_cache()  # the notebooks' kernels load what they need; this process needs none
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
     b = new_build(p, inherit=bool(only))
-    timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    try:
+        timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+    except BaseException as e:
+        abandon_build(b)
+        if isinstance(e, KeyboardInterrupt) and not getattr(e, "note", ""):
+            e.note = _unfinished(b, "no notebook had run")
+        raise
+    b = b.as_finished()
     write_build_info(p, timings, b, engine_info)
     index = build_html(strict)
     mpath = paths.generated_dir() / "manifest.json"

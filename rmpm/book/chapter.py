@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _SMOKE_NOTE = ("**This page was built with the `{name}` profile**: tiny, under-trained models "
-               "on small data sets, so that CI can build the book in minutes. Its numbers only "
+               "on small data sets, so that the tests can build the book in minutes. Its numbers only "
                "show that the pipeline runs; they are *not* evidence for or against the paper's "
                "claims. Build with `make book PROFILE=default` (or `paper`) for real results.")
 
@@ -269,16 +269,29 @@ def injected_names(namespace: dict) -> list[str]:
     return []
 
 
+class ParameterError(ValueError):
+    """A notebook's parameter is wrong. In a kernel (JupyterLab, papermill) it shows as
+    its one line, naming the parameter and what is allowed, in place of a traceback:
+    the fault is in the value given, not in the code that found it."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook for an exception's display
+        return [f"{type(self).__name__}: {self}"]
+
+
 def check_parameters(notebook: str, namespace: dict) -> None:
     """Check a notebook's parameters where it runs: every injected name must be
     declared, and every declared parameter's value must fit its rule and the
-    profile. One ``ValueError`` names the parameter and what is allowed."""
+    profile. One :class:`ParameterError` (a ``ValueError``) names the parameter and
+    what is allowed."""
     declared = declared_parameters(notebook)
     unknown = sorted(set(injected_names(namespace)) - set(declared))
     if unknown:
-        raise ValueError(f"{notebook} has no parameter(s) {', '.join(unknown)}; "
-                         f"its parameters are: {', '.join(sorted(declared))}")
-    check_values(notebook, {k: namespace.get(k, v) for k, v in declared.items()})
+        raise ParameterError(f"{notebook} has no parameter(s) {', '.join(unknown)}; "
+                             f"its parameters are: {', '.join(sorted(declared))}")
+    try:
+        check_values(notebook, {k: namespace.get(k, v) for k, v in declared.items()})
+    except ValueError as e:
+        raise ParameterError(str(e)) from None
 
 
 def check_values(notebook: "str | Path", values: dict) -> None:

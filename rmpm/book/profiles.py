@@ -1,6 +1,6 @@
 """Profiles: how big a run is, in one place.
 
-- ``smoke``   seconds-to-minutes on 2 CPU cores; what CI builds. Numbers from it
+- ``smoke``   seconds-to-minutes on 2 CPU cores; what the tests build. Numbers from it
               are too small to test the paper's claims and the book says so.
 - ``smoke_multi`` smoke on two offline data sets (Fashion-MNIST, sklearn digits),
               so the tests run the cross-data-set code the paper profile needs.

@@ -13,6 +13,9 @@ Where they go decides who can overwrite them, so:
   a chapter by hand can never change a finished book's results;
 - ``RMPM_RESULTS`` set by hand picks any other folder (tests do).
 
+Report files a chapter saves (:func:`reports_dir`) follow the same rule: a build's
+go to its own ``reports/`` folder (``RMPM_REPORTS``), others to ``<cache>/reports``.
+
 Every file records the profile and the build that wrote it, and is written
 atomically (temp file, then rename).
 """
@@ -53,6 +56,14 @@ def _clean(obj: Any) -> Any:
 def interactive_dir() -> Path:
     """Where results of runs outside a book build go (never a build's folder)."""
     return paths.cache_root() / "results"
+
+
+def reports_dir() -> Path:
+    """Where a chapter saves report files (chapter 7's multiplicity report): the
+    build's own ``reports/`` folder in a book build (``RMPM_REPORTS``), else the
+    interactive ``<cache>/reports``, so no run writes into another's reports."""
+    env = os.environ.get("RMPM_REPORTS")
+    return Path(env) if env else paths.cache_root() / "reports"
 
 
 def current_build() -> str:

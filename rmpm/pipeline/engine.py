@@ -111,7 +111,19 @@ def start_cluster(workers: int | None = None, deterministic: bool = True,
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), environ(env):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
                             dashboard_address=":0", memory_limit=0,
-                            silence_logs=logging.ERROR)
+                            silence_logs=logging.ERROR, preload=[__name__])
+
+
+def dask_setup(worker) -> None:
+    """Run by every worker process of the embedded cluster as it starts (a Dask preload,
+    so also by one restarted after a crash): the worker ignores SIGINT. A Ctrl-C at a
+    terminal reaches the whole process group; the rmpm process then cancels the tasks
+    and closes the cluster, which ends the workers, rather than each worker dying
+    mid-task with a traceback of its own."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def get_client(workers: int | None = None, scheduler: str | None = None,
@@ -193,18 +205,25 @@ def _short(e: BaseException) -> str:
 
 def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = "auto",
         engine: str = "single", max_group: int = 32, eval_chunk: int = 16,
-        deterministic: bool = True, progress: bool = True) -> None:
-    """Train and evaluate every recipe the store lacks, as tasks on ``client``.
+        deterministic: bool = True, progress: bool = True) -> set[str]:
+    """Train and evaluate every recipe the store lacks, as tasks on ``client``; returns
+    the keys of the recipes this run trained (not those another process trained).
 
     Training tasks go first (one per recipe, or per ensemble group); trained
     models are evaluated in chunks of at most ``eval_chunk`` as they finish, and a
-    chunk is submitted early when workers would otherwise idle. Raises
-    :class:`EngineError` after everything else has finished if any recipe failed.
+    chunk is submitted early when workers would otherwise idle. A recipe another
+    process is computing (:mod:`rmpm.pipeline.claims`) comes back from its task
+    deferred and is submitted again, to wait for it, behind the other work.
+
+    Raises :class:`EngineError` after everything else has finished if any recipe
+    failed. A store that cannot be written (:class:`~rmpm.pipeline.store.StoreWriteError`)
+    stops the run at once: the tasks not finished are cancelled, and the error says
+    what is stored. Ctrl-C (``KeyboardInterrupt``) cancels them too.
     """
     from dask.distributed import as_completed
 
     from .ensemble import group_recipes
-    from .store import Store
+    from .store import Store, StoreWriteError
     from .tasks import eval_task, progress_bar, train_task
     check_range("eval_chunk", eval_chunk, 1, integer=True)
     store = Store(store_root)
@@ -213,7 +232,8 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
     untrained = [r for r in recipes if not store.has_model(r)]
     need_eval = {r.key() for r in recipes if not store.has_eval(r, skey)}
     if not need_eval and not untrained:
-        return
+        return set()
+    store.check_writable()  # a read-only or full store stops now, before any task
     groups = (group_recipes(untrained, max_group) if engine == "ensemble"
               else [[r] for r in untrained])
     mode = "det" if deterministic else "fast"
@@ -221,17 +241,21 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
 
     ac = as_completed(loop=client.loop)
     what: dict[str, tuple[str, list[Recipe]]] = {}  # future key -> (phase, recipes)
+    outstanding: dict[str, Any] = {}  # future key -> future, until it is done
     ready: dict[str, list[Recipe]] = {}  # data set -> trained, waiting for evaluation
     failures: dict[str, str] = {}
+    trained: set[str] = set()
     pending_train = 0
 
-    def submit(fn, phase: str, rs: list[Recipe], *args) -> None:
+    def submit(fn, phase: str, rs: list[Recipe], *args, wait: bool = False) -> None:
         # a key is a function of the work, so two clients asking for it share one task
-        ident = hashlib.sha256(" ".join([phase, mode, skey if phase == "eval" else ""]
+        ident = hashlib.sha256(" ".join([phase, mode, skey if phase == "eval" else "",
+                                         "wait" if wait else ""]
                                         + [r.key() for r in rs]).encode()).hexdigest()
         key = f"rmpm-{phase}-{rs[0].key()[:8]}-{ident[:16]}"
-        fut = client.submit(fn, rs, *args, key=key, pure=False)
+        fut = client.submit(fn, rs, *args, wait=wait, key=key, pure=False)
         what[fut.key] = (phase, rs)
+        outstanding[fut.key] = fut
         ac.add(fut)
 
     def flush(force: bool) -> None:
@@ -262,22 +286,60 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
     try:
         for fut in ac:
             phase, rs = what.pop(fut.key)
+            outstanding.pop(fut.key, None)
+            finished = rs
             if fut.status == "error":
-                err = _short(fut.exception())
+                exc = fut.exception()
+                if isinstance(exc, StoreWriteError):  # no retry fixes it: stop now
+                    raise exc.stopped(_stopped_note(store, recipes, skey, outstanding)) from None
+                err = _short(exc)
                 for r in rs:
                     failures[r.key()] = f"{phase} {r.dataset}/{r.arch}: {err}"
             else:
-                fut.result()
-            bar.update(len(rs) if phase == "train" else len([r for r in rs if r.key() in need_eval]))
+                out = fut.result()
+                if "store_error" in out:
+                    raise out["store_error"].stopped(
+                        _stopped_note(store, recipes, skey, outstanding)) from None
+                trained.update(out.get("trained", ()))
+                later = set(out["deferred"])
+                if later:  # another process computes them: come back after the rest
+                    again = [r for r in rs if r.key() in later]
+                    finished = [r for r in rs if r.key() not in later]
+                    if phase == "train":
+                        submit(train_task, "train", again, store_root, device, engine,
+                               deterministic, wait=True)
+                        pending_train += 1
+                    else:
+                        submit(eval_task, "eval", again, spec, store_root, device,
+                               deterministic, wait=True)
+            bar.update(len(finished) if phase == "train"
+                       else len([r for r in finished if r.key() in need_eval]))
             if phase == "train":
                 pending_train -= 1
                 if fut.status != "error":
-                    for r in rs:
+                    for r in finished:
                         if r.key() in need_eval:
                             ready.setdefault(r.dataset, []).append(r)
             flush(force=not pending_train)
             fut.release()
+    except BaseException:  # a store error, Ctrl-C, SIGTERM: leave no work queued behind
+        _cancel(client, outstanding)
+        raise
     finally:
         bar.close()
     if failures:
         raise EngineError(failures, len(recipes))
+    return trained
+
+
+def _stopped_note(store, recipes: Sequence[Recipe], skey: str, outstanding: dict) -> str:
+    return (f"The run stopped there: {store.progress(recipes, skey)}; "
+            f"{len(outstanding)} task(s) not finished were cancelled.")
+
+
+def _cancel(client, outstanding: dict) -> None:
+    """Cancel every task not finished (queued ones never start; a running one's result
+    is dropped), for this client only: another client sharing a task keeps it."""
+    with contextlib.suppress(Exception):
+        if outstanding:
+            client.cancel(list(outstanding.values()))

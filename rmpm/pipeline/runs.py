@@ -17,10 +17,11 @@ import torch
 
 from . import determinism
 from .._checks import check_choice, check_range
+from .claims import work_through
 from .ensemble import fit_ensemble, group_recipes
 from .evaluate import EvalSpec, evaluate
 from .recipe import Recipe, dedupe
-from .store import EvalEntry, ModelEntry, Store
+from .store import EvalEntry, ModelEntry, Store, StoreWriteError
 from .tasks import progress_bar, put_trained
 from .train import TrainData, fit, prepare, resolve_device
 
@@ -42,18 +43,24 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     the store has that too; return the entries."""
     store = store if isinstance(store, Store) else Store(store)
     dev = resolve_device(device)
-    trained = False
-    if not store.has_model(recipe):
+
+    def train(_: list[Recipe]) -> None:
+        nonlocal data
         data = data or prepare(recipe.dataset, dev)  # once, for training and its shapes
         put_trained(store, recipe, fit(recipe, dev, data=data), data)
-        trained = True
-    entry = store.model(recipe)
+
     skey = spec.key()
-    if not store.has_eval(recipe, skey):
-        model = entry.load_model()
-        [(metrics, arrays)] = evaluate([model], recipe.dataset, spec, dev)
+
+    def evaluate_one(_: list[Recipe]) -> None:
+        [(metrics, arrays)] = evaluate([store.model(recipe).load_model()], recipe.dataset, spec, dev)
         store.put_eval(recipe, spec.to_dict(), skey, metrics, arrays)
-    return RunResult(recipe, entry, store.eval(recipe, skey), trained)
+
+    # each under its claim, waiting for another process that is computing it
+    trained = work_through([recipe], Recipe.key, store.root, "models", store.has_model, train,
+                           wait=True)[0]
+    work_through([recipe], lambda r: f"{r.key()}-{skey}", store.root, "evals",
+                 lambda r: store.has_eval(r, skey), evaluate_one, wait=True)
+    return RunResult(recipe, store.model(recipe), store.eval(recipe, skey), bool(trained))
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
@@ -112,12 +119,12 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
                                max_group, eval_chunk)
     from . import engine as E
     unique = dedupe(recipes)
-    stored = {r.key() for r in unique if store.has_model(r)}
     client = E.get_client(workers, scheduler, deterministic, str(dev))
-    E.run(client, unique, spec, str(store.root.resolve()), str(dev) if device not in (None, "auto")
-          else "auto", engine, max_group, eval_chunk, deterministic, progress)
+    trained = E.run(client, unique, spec, str(store.root.resolve()),
+                    str(dev) if device not in (None, "auto") else "auto", engine, max_group,
+                    eval_chunk, deterministic, progress)
     skey = spec.key()
-    results = [RunResult(r, store.model(r), store.eval(r, skey), r.key() not in stored)
+    results = [RunResult(r, store.model(r), store.eval(r, skey), r.key() in trained)
                for r in recipes]
     if summary:
         print(summary_table(results))
@@ -127,14 +134,28 @@ def run_recipes(recipes: Sequence[Recipe], spec: EvalSpec, store: Store | str | 
 def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev: torch.device,
                     progress: bool, summary: bool, engine: str, max_group: int,
                     eval_chunk: int) -> list[RunResult]:
-    """:func:`run_recipes` in this process, one model (or group) at a time."""
+    """:func:`run_recipes` in this process, one model (or group) at a time, each under
+    its claim (:mod:`rmpm.pipeline.claims`): what another process is computing is left
+    for the end, then waited for. A store that cannot be written stops the run at the
+    first write, saying what is stored."""
     unique = dedupe(recipes)
+    skey = spec.key()
+    try:
+        return _in_process(recipes, unique, spec, store, dev, progress, summary, engine,
+                           max_group, eval_chunk)
+    except StoreWriteError as e:
+        raise e.stopped(f"The run stopped there: {store.progress(unique, skey)}.") from None
+
+
+def _in_process(recipes, unique, spec, store, dev, progress, summary, engine, max_group,
+                eval_chunk) -> list[RunResult]:
     data_cache: dict[str, TrainData] = {}
     out: dict[str, RunResult] = {}
-    todo = [r for r in unique if not (store.has_model(r) and store.has_eval(r, spec.key()))]
+    skey = spec.key()
+    todo = [r for r in unique if not (store.has_model(r) and store.has_eval(r, skey))]
     for r in unique:
         if r not in todo:  # already complete in the store
-            out[r.key()] = RunResult(r, store.model(r), store.eval(r, spec.key()), False)
+            out[r.key()] = RunResult(r, store.model(r), store.eval(r, skey), False)
     if todo:
         store.check_writable()  # a read-only or full store stops now, not after training
 
@@ -144,41 +165,55 @@ def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev
             data_cache = {dataset: prepare(dataset, dev)}  # keep one data set resident
         return data_cache[dataset]
 
+    def train(group: list[Recipe]) -> None:
+        data = data_for(group[0].dataset)
+        results = (fit_ensemble(group, dev, data=data) if engine == "ensemble"
+                   else [fit(r, dev, data=data) for r in group])
+        for r, res in zip(group, results):
+            put_trained(store, r, res, data)
+        bar.update(len(group))
+
+    def evaluate_chunk(chunk: list[Recipe]) -> None:
+        models = [store.model(r).load_model() for r in chunk]
+        for r, (metrics, arrays) in zip(chunk, evaluate(models, chunk[0].dataset, spec, dev)):
+            store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
+        bar.update(len(chunk))
+
+    root = store.root
+
+    def through(units, kind, name_of, done, compute) -> list[Recipe]:
+        """Each unit under its claims; then, waiting, what others were computing."""
+        computed, later = [], []
+        for unit in units:
+            c, d = work_through(unit, name_of, root, kind, done, compute)
+            computed += c
+            later += d
+        if later:
+            computed += work_through(later, name_of, root, kind, done, compute, wait=True)[0]
+        return computed
+
     # Phase 1: train what the store lacks, storing each model as soon as it is done.
     untrained = [r for r in todo if not store.has_model(r)]
     bar = progress_bar(progress, len(untrained), f"training {len(untrained)} of {len(unique)} models")
     try:
-        if engine == "ensemble":
-            for group in group_recipes(untrained, max_group):
-                data = data_for(group[0].dataset)
-                for r, res in zip(group, fit_ensemble(group, dev, data=data)):
-                    put_trained(store, r, res, data)
-                bar.update(len(group))
-        else:
-            for r in untrained:
-                data = data_for(r.dataset)
-                put_trained(store, r, fit(r, dev, data=data), data)
-                bar.update(1)
+        units = group_recipes(untrained, max_group) if engine == "ensemble" else [[r] for r in untrained]
+        trained = {r.key() for r in through(units, "models", Recipe.key, store.has_model, train)}
     finally:
         bar.close()
     # Phase 2: evaluate in chunks, so each corrupted test set is generated once
     # per chunk rather than once per model.
-    skey = spec.key()
     need = [r for r in todo if not store.has_eval(r, skey)]
     bar = progress_bar(progress, len(need), f"evaluating {len(need)} models")
     try:
-        for dataset in dict.fromkeys(r.dataset for r in need):
-            same = [r for r in need if r.dataset == dataset]
-            for i in range(0, len(same), eval_chunk):
-                chunk = same[i:i + eval_chunk]
-                models = [store.model(r).load_model() for r in chunk]
-                for r, (metrics, arrays) in zip(chunk, evaluate(models, dataset, spec, dev)):
-                    store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
-                bar.update(len(chunk))
+        chunks = [chunk for dataset in dict.fromkeys(r.dataset for r in need)
+                  for same in [[r for r in need if r.dataset == dataset]]
+                  for chunk in (same[i:i + eval_chunk] for i in range(0, len(same), eval_chunk))]
+        through(chunks, "evals", lambda r: f"{r.key()}-{skey}",
+                lambda r: store.has_eval(r, skey), evaluate_chunk)
     finally:
         bar.close()
     for r in todo:
-        out[r.key()] = RunResult(r, store.model(r), store.eval(r, skey), r in untrained)
+        out[r.key()] = RunResult(r, store.model(r), store.eval(r, skey), r.key() in trained)
     results = [out[r.key()] for r in recipes]
     if summary:
         print(summary_table(results))

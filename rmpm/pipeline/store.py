@@ -9,6 +9,8 @@ Layout (under :func:`rmpm.paths.store_root`)::
     derived/<d[:2]>/<d>/         memoised measures (rmpm.book.populations)
         measures.json  inputs.json  manifest.json
     quarantine/<kind>/<name>-<time>-<id>/   damaged entries, moved aside (never deleted)
+    locks/<kind>/<k[:2]>/<name>.lock         claims of entries being computed now
+                                             (rmpm.pipeline.claims; no entries, never listed)
 
 An entry is a directory that appears in one ``rename``: it is written in full
 into a hidden temporary sibling first, so a reader never sees a half-written
@@ -63,8 +65,6 @@ REQUIRED = {
     "derived": ("measures.json", "inputs.json"),
 }
 KINDS = tuple(REQUIRED)
-#: errors that mean "this store cannot be written" rather than a bug
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 class StoreDamageWarning(UserWarning):
@@ -75,8 +75,45 @@ class DamagedEntryError(RuntimeError):
     """A store entry failed its check while being read; it was moved to quarantine."""
 
 
+#: why a store cannot be written, by errno, and what the user can do about it
+_CAUSES = {
+    errno.ENOSPC: ("full", "Free disk space there, or point --store (or the RMPM_STORE "
+                   "environment variable) at a folder with room"),
+    errno.EDQUOT: ("full", "Free space within your disk quota there, or point --store (or the "
+                   "RMPM_STORE environment variable) at a folder with room"),
+    errno.EROFS: ("read-only", "Remount that file system read-write, or point --store (or the "
+                  "RMPM_STORE environment variable) at a writable folder"),
+    errno.EACCES: ("permission", "Give this user write permission there, or point --store (or "
+                   "the RMPM_STORE environment variable) at a folder you may write to"),
+    errno.EPERM: ("permission", "Give this user write permission there, or point --store (or "
+                  "the RMPM_STORE environment variable) at a folder you may write to"),
+    errno.ENOTDIR: ("not a directory", "Move that file out of the way, or point --store (or the "
+                    "RMPM_STORE environment variable) at a folder"),
+}
+#: errors that mean "this store cannot be written" (no retry fixes them) rather than a bug
+_WRITE_ERRNOS = set(_CAUSES)
+
+
 class StoreWriteError(RuntimeError):
-    """The store cannot be written (full disk, read-only file system, no permission)."""
+    """The store cannot be written: ``cause`` is ``"full"``, ``"read-only"``,
+    ``"permission"`` or ``"not a directory"``; ``path`` the folder (or, for
+    ``"not a directory"``, the file in the way). No retry fixes it, so a run stops at
+    the first one; ``note`` says what the run had stored by then."""
+
+    def __init__(self, cause: str, path: str | os.PathLike, detail: str, remedy: str,
+                 note: str = ""):
+        self.cause, self.path, self.detail, self.remedy, self.note = (
+            cause, Path(path), detail, remedy, note)
+        super().__init__(f"cannot write to the store at {path}: {detail}. {remedy}; entries "
+                         "finished so far are kept, and a rerun continues from them."
+                         + (f" {note}" if note else ""))
+
+    def __reduce__(self):  # a task's error travels from a worker to the driver pickled
+        return (type(self), (self.cause, str(self.path), self.detail, self.remedy, self.note))
+
+    def stopped(self, note: str) -> "StoreWriteError":
+        """The same error, saying what the stopped run had stored (``note``)."""
+        return StoreWriteError(self.cause, self.path, self.detail, self.remedy, note)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -325,11 +362,25 @@ def _fsync_dir_tree(d: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _write_error(e: OSError, where: Path) -> StoreWriteError:
-    return StoreWriteError(
-        f"cannot write to the store at {where}: {e.strerror or e}. Free disk space there, "
-        "or point --store (or the RMPM_STORE environment variable) at a writable folder "
-        "with room; entries finished so far are kept, and a rerun continues from them.")
+def is_write_error(e: BaseException, where: Path | None = None) -> bool:
+    """Whether ``e`` means the store cannot be written at all (see :class:`StoreWriteError`):
+    a full disk, a read-only file system, no permission, or a file where a folder must be
+    (``FileExistsError`` from ``mkdir`` of ``where`` counts when ``where`` is not a folder)."""
+    if not isinstance(e, OSError):
+        return False
+    if e.errno == errno.EEXIST:
+        return where is not None and paths.in_the_way(where) is not None
+    return e.errno in _WRITE_ERRNOS
+
+
+def write_error(e: OSError, where: Path) -> StoreWriteError:
+    """The :class:`StoreWriteError` for ``e``, which :func:`is_write_error` accepted."""
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = paths.in_the_way(where) or where
+        cause, remedy = _CAUSES[errno.ENOTDIR]
+        return StoreWriteError(cause, blocker, f"{blocker} is a file, not a folder", remedy)
+    cause, remedy = _CAUSES[e.errno]
+    return StoreWriteError(cause, where, e.strerror or str(e), remedy)
 
 
 def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
@@ -346,8 +397,8 @@ def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
     except OSError as e:
-        if e.errno in _WRITE_ERRNOS:
-            raise _write_error(e, final.parent) from e
+        if is_write_error(e, final.parent):
+            raise write_error(e, final.parent) from e
         raise
     try:
         write(tmp)
@@ -367,8 +418,8 @@ def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
                 quarantine(final, problems)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in _WRITE_ERRNOS:
-            raise _write_error(e, final.parent) from e
+        if is_write_error(e, final.parent):
+            raise write_error(e, final.parent) from e
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -555,6 +606,16 @@ class Store:
         return EvalEntry(commit_dir(self.eval_dir(recipe, spec_key), write))
 
     # -- housekeeping ------------------------------------------------------
+    def progress(self, recipes, spec_key: str) -> str:
+        """What the store holds of ``recipes`` (deduplicated): "M of N models and E of N
+        evaluations are stored". Counts committed entries (commits are atomic) without
+        checking their files, so it is quick enough for a run that is stopping."""
+        keys = {r.key(): r for r in recipes}.values()
+        models = sum(self.model_dir(r).is_dir() for r in keys)
+        evals = sum(self.eval_dir(r, spec_key).is_dir() for r in keys)
+        return (f"{models} of {len(keys)} model(s) and {evals} of {len(keys)} evaluation(s) "
+                f"are stored in {self.root}")
+
     def require_existing(self) -> "Store":
         """Refuse a store folder that does not exist (for commands that only read)."""
         if not self.root.is_dir():
@@ -572,9 +633,11 @@ class Store:
             probe.write_bytes(b"rmpm")
             probe.unlink()
         except OSError as e:
-            if probe.exists():
+            with contextlib.suppress(OSError):
                 probe.unlink()
-            raise _write_error(e, self.root) from e
+            if not is_write_error(e, self.root):
+                raise
+            raise write_error(e, self.root) from e
         return self
 
     def entry_dirs(self, kind: str | None = None) -> Iterator[Path]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import determinism
 from .recipe import Recipe
-from .store import Store
+from .store import Store, StoreWriteError
 from .train import TrainData, TrainResult
 
 
@@ -54,14 +54,22 @@ def resident_data(dataset: str, dev) -> TrainData:
 
 
 def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
-               deterministic: bool) -> list[str]:
-    """Train ``recipes`` (one, or one ensemble group) unless stored; returns their keys."""
+               deterministic: bool, wait: bool = False) -> dict[str, list[str]]:
+    """Train ``recipes`` (one, or one ensemble group) unless stored, each under its claim
+    (:mod:`rmpm.pipeline.claims`). Returns the keys this task ``"trained"`` and those it
+    ``"deferred"`` because another process is training them; with ``wait`` it waits
+    for those instead, and trains any whose claim its holder gave up (it died).
+
+    A store that cannot be written comes back as ``"store_error"`` rather than as the
+    task's failure: the driver stops the run on it, and no worker logs a traceback
+    for what is not a bug."""
+    from .claims import work_through
     from .ensemble import fit_ensemble
     from .train import fit
     determinism.enter(deterministic)
     store = Store(store_root)
-    todo = [r for r in recipes if not store.has_model(r)]  # another client may have it now
-    if todo:
+
+    def train(todo: list[Recipe]) -> None:
         dev = worker_device(device)
         data = resident_data(todo[0].dataset, dev)
         if engine == "ensemble":
@@ -70,27 +78,42 @@ def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
             results = [fit(r, dev, data=data) for r in todo]
         for r, res in zip(todo, results):
             put_trained(store, r, res, data)
-    return [r.key() for r in recipes]
+
+    try:
+        trained, deferred = work_through(recipes, Recipe.key, store_root, "models",
+                                         store.has_model, train, wait=wait)
+    except StoreWriteError as e:
+        return {"store_error": e}
+    return {"trained": [r.key() for r in trained], "deferred": [r.key() for r in deferred]}
 
 
 def eval_task(recipes: list[Recipe], spec, store_root: str, device: str,
-              deterministic: bool) -> list[str]:
-    """Evaluate stored models of one data set under ``spec`` unless stored; returns keys.
+              deterministic: bool, wait: bool = False) -> dict[str, list[str]]:
+    """Evaluate stored models of one data set under ``spec`` unless stored, each under its
+    claim; returns the keys ``"evaluated"`` here and ``"deferred"`` (as :func:`train_task`).
 
     Several models per task, so each corrupted test set is generated once per chunk
     (the numbers do not depend on the chunk: each model is evaluated on its own).
     """
+    from .claims import work_through
     from .evaluate import evaluate
     determinism.enter(deterministic)
     store = Store(store_root)
     skey = spec.key()
-    todo = [r for r in recipes if not store.has_eval(r, skey)]
-    if todo:
+
+    def evaluate_all(todo: list[Recipe]) -> None:
         dev = worker_device(device)
         models = [store.model(r).load_model() for r in todo]
         for r, (metrics, arrays) in zip(todo, evaluate(models, todo[0].dataset, spec, dev)):
             store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
-    return [r.key() for r in recipes]
+
+    try:
+        done, deferred = work_through(recipes, lambda r: f"{r.key()}-{skey}", store_root,
+                                      "evals", lambda r: store.has_eval(r, skey), evaluate_all,
+                                      wait=wait)
+    except StoreWriteError as e:
+        return {"store_error": e}
+    return {"evaluated": [r.key() for r in done], "deferred": [r.key() for r in deferred]}
 
 
 class _NoBar:
