@@ -50,6 +50,15 @@ def test_digests_are_of_content_not_files(built, tmp_path):
     assert M.values_digest(doc["values"]) == M.values_digest({**doc["values"]})
     assert M.values_digest({"rm": 0.25, "seconds": 1}) == M.values_digest({"rm": 0.25, "seconds": 2})
     assert M.values_digest({"rm": 0.25}) != M.values_digest({"rm": 0.26})
+    # timings and cache provenance of a calibration are not results (two clean CI
+    # builds of the default book differed only in them: 55.8 s vs 60.2 s)
+    a = {"calibration": [{"rate": 0.043, "seconds": 0.33, "cached": False}],
+         "calibration_cost": {"seconds_to_compute": 55.8, "seconds_computed_now": 55.8}}
+    b = {"calibration": [{"rate": 0.043, "seconds": 0.30, "cached": True}],
+         "calibration_cost": {"seconds_to_compute": 60.2, "seconds_computed_now": 0.0}}
+    assert M.values_digest(a) == M.values_digest(b)
+    b["calibration"][0]["rate"] = 0.044
+    assert M.values_digest(a) != M.values_digest(b)
 
 
 def test_verify_identical(built):

@@ -37,7 +37,15 @@ from ..pipeline.store import EvalEntry, ModelEntry, Store
 
 MANIFEST_VERSION = 1
 #: keys whose values are timings or provenance, not results
-VOLATILE = frozenset({"train_seconds", "group_train_seconds", "seconds", "written", "device"})
+VOLATILE = frozenset({"train_seconds", "group_train_seconds", "seconds", "written", "device",
+                      # whether a simulation came from the calibration cache: how, not what
+                      "cached"})
+
+
+def volatile(key: str) -> bool:
+    """A key holding a timing or provenance, not a result: :data:`VOLATILE`, and any
+    ``seconds_*`` / ``*_seconds`` timing (e.g. the calibration's cost)."""
+    return key in VOLATILE or key.startswith("seconds_") or key.endswith("_seconds")
 
 
 def _h_arrays(items: Iterable[tuple[str, np.ndarray]]) -> str:
@@ -71,7 +79,7 @@ def eval_digest(entry: EvalEntry) -> str:
 
 def _stable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items() if k not in VOLATILE}
+        return {k: _stable(v) for k, v in obj.items() if not volatile(k)}
     if isinstance(obj, list):
         return [_stable(v) for v in obj]
     return obj
