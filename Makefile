@@ -62,6 +62,8 @@ check-browser: setup
 	test -f _build/html/index.html || $(PY) -m rmpm book --profile smoke
 	RMPM_BROWSER_REQUIRED=1 RMPM_CHROMIUM=$(CHROMIUM) RMPM_SCREENSHOTS=_build/screens \
 	  $(PY) -m pytest -m browser -v -p no:cacheprovider tests/test_browser.py
+	RMPM_BOOK_REQUIRED=1 $(PY) -m pytest -v -p no:cacheprovider tests/test_book_provenance.py \
+	  -k test_the_built_book_carries_provenance_that_matches_its_manifest
 
 # The manifest CI verifies its rebuild of the default book against (.ci/run): after an
 # intended change of numbers, rebuild the default book and commit the new manifest in the
