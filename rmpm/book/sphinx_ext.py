@@ -10,7 +10,7 @@ make the rendered pages load in a browser without console errors.
 
 It also adds one style sheet, :data:`CSS`: in provenance lines and the names they
 list (:mod:`rmpm.book.provenance`) long function names, digests and build ids may
-break anywhere, so that the Claims page's provenance column (at least 14rem wide) and
+break anywhere, so that the Claims page's provenance column (at least 12rem wide) and
 the reproducibility page's table wrap inside the page instead of overflowing it.
 """
 from __future__ import annotations
@@ -23,8 +23,10 @@ CSS = """/* written by rmpm.book.sphinx_ext */
 small.rmpm-provenance code, small.rmpm-provenance code span.pre, code.rmpm-name {
   overflow-wrap: anywhere; white-space: normal;
 }
-/* the Claims page's provenance column: wide enough for a dotted name a line */
-td small.rmpm-provenance { display: inline-block; min-width: 14rem; }
+/* the Claims page's provenance column: wide enough for most dotted names on a
+   line, narrow enough that the four columns fit the page with whole words in the
+   others (at 14rem the default book's table overflowed by 15 px) */
+td small.rmpm-provenance { display: inline-block; min-width: 12rem; }
 """
 
 
