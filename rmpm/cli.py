@@ -115,7 +115,9 @@ def _calibrate(args) -> int:
         fmt = {"rate": "{:.3f}".format, "se": "{:.3f}".format, "seconds": "{:.1f}".format}
         print("\nEvery scenario and level (rate: false-positive rate under a null, power "
               "under an alternative):")
-        print(cal.drop(columns=["description"]).to_string(index=False, formatters=fmt))
+        shown = cal.drop(columns=["description"])
+        shown["level"] = [C.level_label(c, lv) for c, lv in zip(shown["claim"], shown["level"])]
+        print(shown.to_string(index=False, formatters=fmt))
         print("\nSummary:")
         print(C.summary_table(cal).drop(columns=["alternative"], errors="ignore").to_string(
             index=False, float_format=lambda v: f"{v:.3f}"))

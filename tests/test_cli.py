@@ -69,6 +69,10 @@ def test_calibrate_prints_rates_per_claim_and_level(capsys, tmp_path, monkeypatc
         assert f"FPR {noise}" in out
     assert "power (iid)" in out and "partly or better" in out and "premise holds" in out
     assert "29 scenarios took" in out and "0 reused from the cache" in out
+    # C4 is tested on its premise, in the per-scenario rows as in the summary
+    detail = out.split("Every scenario and level")[1].split("Summary:")[0]
+    c4 = [ln for ln in detail.splitlines() if ln.split()[:1] == ["C4"]]
+    assert c4 and all("premise holds" in ln and "supported" not in ln for ln in c4)
     # a rebuild reuses every simulation; a what-if design is simulated anew
     assert main(["calibrate", "--profile", "smoke", "--n-sim", "3"]) in (0, 1)
     assert "29 reused from the cache" in capsys.readouterr().out
