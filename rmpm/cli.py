@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["ls", "verify", "sweep", "export", "import"],
                    help="ls: list trained models; verify: check every entry against its "
                         "manifest (exit 1 naming each damaged one); sweep: remove temporary "
-                        "folders left by killed runs; export --profile NAME FILE: one build's "
+                        "folders left by killed runs and old lock files nobody holds; export --profile NAME FILE: one build's "
                         "entries, result files and manifest into archive FILE (.tar, .tar.gz, "
                         ".tar.xz); import FILE: check every digest of archive FILE, then add "
                         "it to the store")
@@ -362,7 +362,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline.store import Store
         store = Store(args.store).require_existing()
         if args.action == "sweep":
-            print(f"removed {store.sweep()} temporary folder(s) from {store.root}")
+            from .pipeline.claims import sweep as sweep_claims
+            print(f"removed {store.sweep()} temporary folder(s) and "
+                  f"{sweep_claims(store.root)} unused lock file(s) from {store.root}")
             return 0
         if args.action == "verify":
             return _verify(store, args.repair)

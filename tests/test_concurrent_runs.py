@@ -80,6 +80,31 @@ def test_a_killed_holders_claim_expires(tmp_path):
     assert Store(store).verify() == []  # locks/ is no entry: nothing to list or check
 
 
+def test_store_sweep_removes_old_lock_files_nobody_holds(tmp_path, capsys):
+    """Lock files stay after a run (see rmpm.pipeline.claims); `rmpm store sweep` removes
+    the old ones that are free, never one another process holds or a fresh one."""
+    from rmpm.pipeline.claims import sweep
+    store = tmp_path / "store"
+    holder = _holder(store)  # another process holds RECIPES[0]'s claim
+    held = lock_path(store, "models", RECIPES[0].key())
+    free_old, free_new = (lock_path(store, "evals", r.key()) for r in RECIPES[1:3])
+    for f in (free_old, free_new):
+        c = Claim(f)
+        assert c.try_acquire()
+        c.release()
+    old = time.time() - 7200
+    for f in (held, free_old):
+        os.utime(f, (old, old))
+    assert main(["store", "sweep", "--store", str(store)]) == 0
+    assert "removed 0 temporary folder(s) and 1 unused lock file(s)" in capsys.readouterr().out
+    assert held.exists() and free_new.exists() and not free_old.exists()
+    holder.kill()
+    holder.wait(10)
+    assert sweep(store) == 1 and not held.exists()  # its holder is gone: free and old
+    assert sweep(store, older_than_s=0) == 1 and not free_new.exists()
+    assert Store(store).verify() == []
+
+
 def test_a_claim_held_past_the_timeout_is_computed_anyway(tmp_path):
     """A holder that is alive but never finishes (hung): the waiting task gives up after
     its timeout, warns, and computes the entry itself (the atomic commit keeps one copy)."""

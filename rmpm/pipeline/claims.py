@@ -7,9 +7,10 @@ with filelock's ``FileLock`` (``flock(2)`` on POSIX), held until the entry is
 committed. The operating system drops a lock when its holder dies, however it dies
 (SIGKILL, the OOM killer), so a crashed run's claims expire by themselves and a run
 waiting for them computes the entries. ``locks/`` is no kind of entry: the store's
-listings, ``verify`` and ``sweep`` never look at it, and a lock file is empty (the
-lock is on the open file, not its content), so it is left in place for the next
-claimant rather than deleted under a waiter's feet.
+listings and ``verify`` never look at it, and a lock file is empty (the lock is on
+the open file, not its content), so a run leaves it in place for the next claimant
+rather than deleting it under a waiter's feet. ``rmpm store sweep`` removes the old
+ones nobody holds (:func:`sweep`).
 
 How a task uses claims (:func:`work_through`) so that no two tasks ever wait on each
 other: it tries every entry's claim *without waiting*, computes the ones it got and
@@ -127,3 +128,35 @@ def work_through(items: Sequence[T], name_of: Callable[[T], str], root: str | Pa
             return computed, []
         if not mine:
             time.sleep(poll)
+
+
+def sweep(root: str | Path, older_than_s: float = 3600.0) -> int:
+    """Delete the lock files under ``root/locks`` that are older than ``older_than_s``
+    and that nobody holds; returns how many went.
+
+    Each is deleted while this process holds its claim, so no holder loses one. A
+    process that opened the file just before and waits on it could then hold a claim
+    on the deleted file while another takes a new one: at worst an entry is computed
+    twice, and the store's atomic commit keeps one copy (the age limit makes even that
+    unlikely: a lock file is created when its entry is first claimed). Folders stay:
+    removing one could fail another process's ``mkdir`` + ``open`` in between.
+    """
+    n, now = 0, time.time()
+    for f in sorted((Path(root) / LOCKS).glob("*/*/*.lock")):
+        try:
+            if now - f.stat().st_mtime <= older_than_s:
+                continue
+        except FileNotFoundError:  # another sweep took it
+            continue
+        claim = Claim(f)
+        try:
+            if not claim.try_acquire():  # held: in use
+                continue
+        except OSError:  # a store that cannot be written: nothing can be swept
+            continue
+        try:
+            f.unlink(missing_ok=True)
+            n += 1
+        finally:
+            claim.release()
+    return n
