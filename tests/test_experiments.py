@@ -60,6 +60,33 @@ def test_cached_measures_equal_fresh(store):
     assert other["rm:conv1"] != cached["rm:conv1"]  # the option is part of the cache key
 
 
+def test_measures_another_process_is_computing_are_waited_for(store, monkeypatch):
+    """Derived measures are claimed like models: while their claim is held elsewhere a
+    build waits instead of computing them too; once it is free, it computes them once."""
+    import threading
+    import time
+
+    from rmpm.pipeline.claims import Claim, lock_path
+    pop = X.factor_populations(TINY, "digits", ["lr"])["lr"][1]
+    key = X.measures_key(pop, TINY, "positions")  # not computed by the tests above
+    assert not store.derived_dir(key).exists()
+    calls, compute = [], X.population_measures
+    monkeypatch.setattr(X, "population_measures", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    other = Claim(lock_path(store.root, "derived", key))  # "another process" holds it
+    assert other.try_acquire()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(
+        m=X.cached_population_measures(pop, TINY, conv="positions", store=store)))
+    t.start()
+    time.sleep(1.5)
+    assert t.is_alive() and calls == [] and not store.derived_dir(key).exists()
+    other.release()  # its holder let go without committing (it died, say): computed here
+    t.join(120)
+    assert not t.is_alive() and calls == [1] and store.derived_dir(key).is_dir()
+    assert X.cached_population_measures(pop, TINY, conv="positions", store=store) == out["m"]
+    assert calls == [1]
+
+
 def test_population_data_access(store):
     pop = X.reference_population(TINY)
     assert len(pop.recipes) == 3

@@ -493,6 +493,14 @@ def factor_table(profile: str | Profile, dataset: str | None = None,
 MEASURES_VERSION = 5
 
 
+def measures_key(pop: Population, profile: str | Profile, conv: str = "pool") -> str:
+    """The store key of :func:`cached_population_measures`' entry for ``pop``."""
+    from ..pipeline.recipe import content_key
+    p = get_profile(profile)
+    return content_key({"v": MEASURES_VERSION, "models": list(pop.keys),
+                        "spec": eval_spec(p).key(), "conv": conv, "keep": p.svcca_keep})
+
+
 def cached_population_measures(pop: Population, profile: str | Profile, conv: str = "pool",
                                store: Store | str | None = None) -> dict[str, Any]:
     """:func:`population_measures` of a stored population, memoised in the store.
@@ -504,15 +512,16 @@ def cached_population_measures(pop: Population, profile: str | Profile, conv: st
     computed from (``inputs.json``); when those differ from the store's current
     entries (one was damaged and recomputed, say) the stale measures are moved
     to quarantine and recomputed. Its files are checked like every store entry.
+    It is computed under its claim (:mod:`rmpm.pipeline.claims`), so another build
+    on the same store computing it is waited for, not repeated.
     """
-    from ..pipeline.recipe import content_key
+    from ..pipeline.claims import work_through
     from ..pipeline.store import (DamagedEntryError, commit_dir, ensure_intact, kind_of, quarantine,
                         read_verified)
     p = get_profile(profile)
     st = store if isinstance(store, Store) else Store(store)
     spec_key = eval_spec(p).key()
-    key = content_key({"v": MEASURES_VERSION, "models": list(pop.keys),
-                       "spec": spec_key, "conv": conv, "keep": p.svcca_keep})
+    key = measures_key(pop, p, conv)
     path = st.derived_dir(key)
     # the inputs must be stored intact (KeyError naming a missing one otherwise)
     entries = [e for r in pop.recipes for e in (st.model(r), st.eval(r, spec_key))]
@@ -525,11 +534,19 @@ def cached_population_measures(pop: Population, profile: str | Profile, conv: st
                        reason="stale")
         except DamagedEntryError:
             pass  # quarantined with a warning; recompute below
-    measures = population_measures(load_population(pop, p, st), p.svcca_keep, conv)
+    computed: list[dict[str, Any]] = []
 
-    def write(d):
-        (d / "measures.json").write_text(json.dumps(measures))
-        (d / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+    def compute(_):
+        measures = population_measures(load_population(pop, p, st), p.svcca_keep, conv)
 
-    commit_dir(path, write)
-    return measures
+        def write(d):
+            (d / "measures.json").write_text(json.dumps(measures))
+            (d / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+
+        commit_dir(path, write)
+        computed.append(measures)
+
+    # under the entry's claim, as models and evaluations are: a concurrent build on
+    # this store that is computing the same measures is waited for, not repeated
+    work_through([key], str, st.root, "derived", lambda _: path.is_dir(), compute, wait=True)
+    return computed[0] if computed else json.loads(read_verified(path, "measures.json"))
