@@ -71,12 +71,13 @@ def _calibration_progress(no_cache: bool):
     import time
 
     from . import paths
+    from .book.calibration import CACHE_SUFFIX
     started, folder = time.time(), paths.calibration_dir()
 
     def progress() -> str:
         if no_cache:
             return "nothing was stored (--no-cache)"
-        done = sum(f.stat().st_mtime >= started for f in folder.glob("*.npz"))
+        done = sum(f.stat().st_mtime >= started for f in folder.glob(f"*{CACHE_SUFFIX}"))
         return (f"{done} scenario(s) simulated in this run are cached in {folder} (a rerun "
                 "reuses them); the others were not finished")
     return progress

@@ -422,23 +422,45 @@ def test_calibrate_table_summary_and_cache(tmp_path, monkeypatch):
     s = C.summary_table(cal)
     assert {"claim", "level", "FPR iid", "FPR combined", "power (iid)"} <= set(s.columns)
     assert len(s) == 8 and "premise holds" in set(s["level"])
-    assert len(list((tmp_path / "calibration").glob("*.npz"))) == len(C.scenarios())
+    assert len(list((tmp_path / "calibration").glob(f"*{C.CACHE_SUFFIX}"))) == len(C.scenarios())
     # rebuilt: every scenario is read back, the same rates; another alpha needs no simulation
     again = C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20)
     assert again["cached"].all() and again["rate"].tolist() == cal["rate"].tolist()
     C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20, alpha=0.1)
-    assert len(list((tmp_path / "calibration").glob("*.npz"))) == len(C.scenarios())
+    assert len(list((tmp_path / "calibration").glob(f"*{C.CACHE_SUFFIX}"))) == len(C.scenarios())
     # another seed or size is another key; a damaged file is recomputed
     C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20, seed=1, claims_=("C1",))
-    files = sorted((tmp_path / "calibration").glob("*.npz"))
+    files = sorted((tmp_path / "calibration").glob(f"*{C.CACHE_SUFFIX}"))
     assert len(files) == len(C.scenarios()) + 7
     files[0].write_bytes(b"not an npz")
-    third = C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20)
+    with pytest.warns(RuntimeWarning, match="is damaged .* simulating it again"):
+        third = C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20)
     fourth = C.calibrate("smoke", n_sim=5, n_perm=50, n_boot=20, seed=1, claims_=("C1",))
     # only the damaged scenario (its two level rows) is simulated again
     assert (~third["cached"]).sum() + (~fourth["cached"]).sum() == 2
     c = C.cost(cal)
     assert c["scenarios"] == len(C.scenarios()) and c["cached"] == 0
+
+
+def test_a_damaged_cached_calibration_is_never_read(tmp_path):
+    """Every single flipped bit of a cached scenario is caught (its SHA-256), where the
+    bare .npz read some back silently: a flip in a member's name renames an array."""
+    path = tmp_path / f"x{C.CACHE_SUFFIX}"
+    out = {"p_blocks": np.linspace(0, 1, 300), "level": np.arange(40)}
+    C._save(path, out, 1.5)
+    got, seconds = C._load(path)
+    assert seconds == 1.5 and set(got) == set(out)
+    assert all(np.array_equal(got[k], out[k]) for k in out)
+    raw = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for i in sorted(set(rng.choice(len(raw), 150, replace=False)) | {raw.index(b"p_blocks")}):
+        bad = bytearray(raw)
+        bad[i] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(bad))
+        with pytest.warns(RuntimeWarning, match="is damaged"):
+            assert C._load(path) is None, i
+    path.unlink()
+    assert C._load(path) is None  # missing: simulated, no warning
 
 
 def test_calibration_reads_the_design_from_the_profile():

@@ -64,9 +64,11 @@ it took.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -548,12 +550,25 @@ def _cache_key(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict) -> str:
                         "tests": {k: kw[k] for k in ("n_perm", "n_boot", "threshold")}})
 
 
+#: a cached scenario's file: the SHA-256 (hex) of the rest, a newline, then an .npz
+CACHE_SUFFIX = ".sim"
+
+
 def _load(path) -> tuple[dict[str, np.ndarray], float] | None:
+    """A cached scenario, or None when it is missing or damaged (then it is recomputed).
+    It carries its SHA-256 in its first line: a flipped bit in an .npz's zip header or
+    in a member's name reads back without an error, with other names or values."""
     try:
-        with np.load(path) as z:
-            out = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zlib.error):
-        return None  # missing or damaged: recompute
+        raw = path.read_bytes()
+    except OSError:
+        return None  # missing: simulate it
+    want, _, data = raw.partition(b"\n")
+    if hashlib.sha256(data).hexdigest().encode() != want:
+        warnings.warn(f"cached calibration {path} is damaged (its SHA-256 does not match); "
+                      "simulating it again", RuntimeWarning, stacklevel=3)
+        return None
+    with np.load(io.BytesIO(data)) as z:
+        out = {k: z[k] for k in z.files}
     seconds = float(out.pop("_seconds", np.nan))
     return out, seconds
 
@@ -562,14 +577,15 @@ def _save(path, out: dict[str, np.ndarray], seconds: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, _seconds=np.float64(seconds), **out)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    data = buf.getvalue()
+    atomic_write(path, lambda f: f.write(hashlib.sha256(data).hexdigest().encode() + b"\n" + data))
 
 
 def simulated(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict,
               cache: bool = True) -> tuple[dict[str, np.ndarray], float, bool]:
     """A scenario's per-simulation outputs, the seconds they took to compute, and
     whether they came from the cache."""
-    path = paths.calibration_dir() / f"{_cache_key(d, sc, n_sim, seed, kw)}.npz"
+    path = paths.calibration_dir() / f"{_cache_key(d, sc, n_sim, seed, kw)}{CACHE_SUFFIX}"
     if cache:
         got = _load(path)
         if got is not None:
