@@ -244,11 +244,20 @@ def test_in_process_loop_stops_at_the_first_failure(tmp_path, tmpfs):
 
 # ----------------------------------------------------------------------------- signals
 
+def _as_from_a_terminal() -> None:
+    # a command started in a terminal gets SIGINT's default action; one started from a
+    # background job (`cmd &` in a script, nohup) inherits "ignore", and Python then
+    # never turns Ctrl-C into KeyboardInterrupt: these tests must not depend on how
+    # pytest itself was started
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
     # a session of its own: the test signals its whole process group, as a terminal does
     return subprocess.Popen([sys.executable, "-m", "rmpm", *args], env=_env(tmp_path, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def _wait_for(cond, proc: subprocess.Popen, limit: float = 600) -> None:
