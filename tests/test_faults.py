@@ -252,12 +252,28 @@ def _as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    """A test that fails before its signal lands must not leave its run going."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run's whole session: its workers too
+            proc.communicate(timeout=60)
+
+
 def _start(tmp_path: Path, *args: str, **env) -> subprocess.Popen:
     # a session of its own: the test signals its whole process group, as a terminal does
-    return subprocess.Popen([sys.executable, "-m", "rmpm", *args], env=_env(tmp_path, **env),
+    proc = subprocess.Popen([sys.executable, "-m", "rmpm", *args], env=_env(tmp_path, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, start_new_session=True,
                             preexec_fn=_as_from_a_terminal)
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for(cond, proc: subprocess.Popen, limit: float = 600) -> None:
