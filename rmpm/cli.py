@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["ls", "verify", "sweep", "export", "import"],
                    help="ls: list trained models; verify: check every entry against its "
                         "manifest (exit 1 naming each damaged one); sweep: remove temporary "
-                        "folders left by killed runs and old lock files nobody holds; export --profile NAME FILE: one build's "
-                        "entries, result files and manifest into archive FILE (.tar, .tar.gz, "
-                        ".tar.xz); import FILE: check every digest of archive FILE, then add "
-                        "it to the store")
+                        "folders left by killed runs and old lock files nobody holds; export "
+                        "--profile NAME FILE: one build's entries, result files and manifest "
+                        "into archive FILE (.tar, .tar.gz, .tar.xz); import FILE: check every "
+                        "digest of archive FILE, then add it to the store")
     p.add_argument("file", nargs="?", metavar="FILE", help="the archive (export and import)")
     p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
     p.add_argument("--repair", action="store_true",

@@ -71,7 +71,8 @@ def test_measures_another_process_is_computing_are_waited_for(store, monkeypatch
     key = X.measures_key(pop, TINY, "positions")  # not computed by the tests above
     assert not store.derived_dir(key).exists()
     calls, compute = [], X.population_measures
-    monkeypatch.setattr(X, "population_measures", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    monkeypatch.setattr(X, "population_measures",
+                        lambda *a, **k: calls.append(1) or compute(*a, **k))
     other = Claim(lock_path(store.root, "derived", key))  # "another process" holds it
     assert other.try_acquire()
     out = {}

@@ -76,19 +76,18 @@ class DamagedEntryError(RuntimeError):
 
 
 #: why a store cannot be written, by errno, and what the user can do about it
+_ELSEWHERE = "or point --store (or the RMPM_STORE environment variable) at"
+_NO_PERMISSION = ("permission", "Give this user write permission there, "
+                  f"{_ELSEWHERE} a folder you may write to")
 _CAUSES = {
-    errno.ENOSPC: ("full", "Free disk space there, or point --store (or the RMPM_STORE "
-                   "environment variable) at a folder with room"),
-    errno.EDQUOT: ("full", "Free space within your disk quota there, or point --store (or the "
-                   "RMPM_STORE environment variable) at a folder with room"),
-    errno.EROFS: ("read-only", "Remount that file system read-write, or point --store (or the "
-                  "RMPM_STORE environment variable) at a writable folder"),
-    errno.EACCES: ("permission", "Give this user write permission there, or point --store (or "
-                   "the RMPM_STORE environment variable) at a folder you may write to"),
-    errno.EPERM: ("permission", "Give this user write permission there, or point --store (or "
-                  "the RMPM_STORE environment variable) at a folder you may write to"),
-    errno.ENOTDIR: ("not a directory", "Move that file out of the way, or point --store (or the "
-                    "RMPM_STORE environment variable) at a folder"),
+    errno.ENOSPC: ("full", f"Free disk space there, {_ELSEWHERE} a folder with room"),
+    errno.EDQUOT: ("full", f"Free space within your disk quota there, {_ELSEWHERE} a folder "
+                   "with room"),
+    errno.EROFS: ("read-only", f"Remount that file system read-write, {_ELSEWHERE} a writable "
+                  "folder"),
+    errno.EACCES: _NO_PERMISSION,
+    errno.EPERM: _NO_PERMISSION,
+    errno.ENOTDIR: ("not a directory", f"Move that file out of the way, {_ELSEWHERE} a folder"),
 }
 #: errors that mean "this store cannot be written" (no retry fixes them) rather than a bug
 _WRITE_ERRNOS = set(_CAUSES)
