@@ -141,11 +141,11 @@ def test_amp_path_runs_on_cpu(digits):
 
 
 def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
-    import rmpm.pipeline.runs as runs
+    import rmpm.pipeline.ensemble as ensemble  # where tasks.train_into looks it up
     store = Store(tmp_path)
     small = BASE.replace(width=2, epochs=1)
     recipes = [small.replace(init_seed=i) for i in range(3)] + [small.replace(width=3)]
-    real, calls, killed = runs.fit_ensemble, [], []
+    real, calls, killed = ensemble.fit_ensemble, [], []
 
     def dying(group, *a, **k):
         calls.append([r.init_seed for r in group])
@@ -154,7 +154,7 @@ def test_run_recipes_ensemble_engine(tmp_path, monkeypatch, digits):
             raise KeyboardInterrupt("killed")
         return real(group, *a, **k)
 
-    monkeypatch.setattr(runs, "fit_ensemble", dying)
+    monkeypatch.setattr(ensemble, "fit_ensemble", dying)
     with pytest.raises(KeyboardInterrupt):
         run_recipes(recipes, SPEC, store, "cpu", progress=False, engine="ensemble", max_group=2,
                     workers=0, deterministic=False)

@@ -111,10 +111,10 @@ def test_run_recipe_stores_and_reuses(tmp_path):
 
 def test_resume_after_kill(tmp_path, monkeypatch):
     """A run killed during the third model keeps the first two; rerun trains only the rest."""
-    import rmpm.pipeline.runs as runs
+    import rmpm.pipeline.train as train  # the loop's tasks.train_into looks fit up there
     store = Store(tmp_path)
     recipes = [TINY.replace(init_seed=i) for i in range(4)]
-    real_fit, calls = runs.fit, []
+    real_fit, calls = train.fit, []
 
     def dying_fit(recipe, *a, **k):
         calls.append(recipe.init_seed)
@@ -122,7 +122,7 @@ def test_resume_after_kill(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_fit(recipe, *a, **k)
 
-    monkeypatch.setattr(runs, "fit", dying_fit)
+    monkeypatch.setattr(train, "fit", dying_fit)
     # in this process (workers=0, fast mode), where the patched fit is seen
     with pytest.raises(KeyboardInterrupt):
         run_recipes(recipes, SPEC, store, "cpu", progress=False, workers=0, deterministic=False)

@@ -18,12 +18,12 @@ import torch
 from . import determinism
 from .._checks import check_choice, check_range
 from .claims import work_through
-from .ensemble import fit_ensemble, group_recipes
-from .evaluate import EvalSpec, evaluate
+from .ensemble import group_recipes
+from .evaluate import EvalSpec
 from .recipe import Recipe, dedupe
 from .store import EvalEntry, ModelEntry, Store, StoreWriteError
-from .tasks import progress_bar, put_trained
-from .train import TrainData, fit, prepare, resolve_device
+from .tasks import eval_claim_name, evaluate_into, progress_bar, train_into
+from .train import TrainData, prepare, resolve_device
 
 ENGINES = ("auto", "single", "ensemble")
 
@@ -47,19 +47,15 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
     def train(_: list[Recipe]) -> None:
         nonlocal data
         data = data or prepare(recipe.dataset, dev)  # once, for training and its shapes
-        put_trained(store, recipe, fit(recipe, dev, data=data), data)
+        train_into(store, [recipe], "single", dev, data)
 
     skey = spec.key()
-
-    def evaluate_one(_: list[Recipe]) -> None:
-        [(metrics, arrays)] = evaluate([store.model(recipe).load_model()], recipe.dataset, spec, dev)
-        store.put_eval(recipe, spec.to_dict(), skey, metrics, arrays)
-
     # each under its claim, waiting for another process that is computing it
     trained = work_through([recipe], Recipe.key, store.root, "models", store.has_model, train,
                            wait=True)[0]
-    work_through([recipe], lambda r: f"{r.key()}-{skey}", store.root, "evals",
-                 lambda r: store.has_eval(r, skey), evaluate_one, wait=True)
+    work_through([recipe], eval_claim_name(store, skey), store.root, "evals",
+                 lambda r: store.has_eval(r, skey),
+                 lambda todo: evaluate_into(store, todo, spec, dev), wait=True)
     return RunResult(recipe, store.model(recipe), store.eval(recipe, skey), bool(trained))
 
 
@@ -166,17 +162,11 @@ def _in_process(recipes, unique, spec, store, dev, progress, summary, engine, ma
         return data_cache[dataset]
 
     def train(group: list[Recipe]) -> None:
-        data = data_for(group[0].dataset)
-        results = (fit_ensemble(group, dev, data=data) if engine == "ensemble"
-                   else [fit(r, dev, data=data) for r in group])
-        for r, res in zip(group, results):
-            put_trained(store, r, res, data)
+        train_into(store, group, engine, dev, data_for(group[0].dataset))
         bar.update(len(group))
 
     def evaluate_chunk(chunk: list[Recipe]) -> None:
-        models = [store.model(r).load_model() for r in chunk]
-        for r, (metrics, arrays) in zip(chunk, evaluate(models, chunk[0].dataset, spec, dev)):
-            store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
+        evaluate_into(store, chunk, spec, dev)
         bar.update(len(chunk))
 
     root = store.root
@@ -208,7 +198,7 @@ def _in_process(recipes, unique, spec, store, dev, progress, summary, engine, ma
         chunks = [chunk for dataset in dict.fromkeys(r.dataset for r in need)
                   for same in [[r for r in need if r.dataset == dataset]]
                   for chunk in (same[i:i + eval_chunk] for i in range(0, len(same), eval_chunk))]
-        through(chunks, "evals", lambda r: f"{r.key()}-{skey}",
+        through(chunks, "evals", eval_claim_name(store, skey),
                 lambda r: store.has_eval(r, skey), evaluate_chunk)
     finally:
         bar.close()

@@ -23,6 +23,32 @@ def put_trained(store: Store, recipe: Recipe, res: TrainResult, data: TrainData)
                     data.in_shape, data.n_classes)
 
 
+def train_into(store: Store, recipes: list[Recipe], engine: str, dev, data: TrainData) -> None:
+    """Train ``recipes`` (one data set; one ensemble group with ``engine="ensemble"``)
+    on ``data`` and store each model."""
+    from .ensemble import fit_ensemble
+    from .train import fit
+    results = (fit_ensemble(recipes, dev, data=data) if engine == "ensemble"
+               else [fit(r, dev, data=data) for r in recipes])
+    for r, res in zip(recipes, results):
+        put_trained(store, r, res, data)
+
+
+def evaluate_into(store: Store, recipes: list[Recipe], spec, dev) -> None:
+    """Evaluate the stored models of ``recipes`` (one data set) under ``spec`` together,
+    so each corrupted test set is generated once, and store each evaluation."""
+    from .evaluate import evaluate
+    skey = spec.key()
+    models = [store.model(r).load_model() for r in recipes]
+    for r, (metrics, arrays) in zip(recipes, evaluate(models, recipes[0].dataset, spec, dev)):
+        store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
+
+
+def eval_claim_name(store: Store, skey: str):
+    """A claim on an evaluation is named as its store entry."""
+    return lambda r: store.eval_dir(r, skey).name
+
+
 _RESIDENT: dict[tuple[str, str], Any] = {}  # one data set kept per worker
 
 
@@ -64,20 +90,12 @@ def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
     task's failure: the driver stops the run on it, and no worker logs a traceback
     for what is not a bug."""
     from .claims import work_through
-    from .ensemble import fit_ensemble
-    from .train import fit
     determinism.enter(deterministic)
     store = Store(store_root)
 
     def train(todo: list[Recipe]) -> None:
         dev = worker_device(device)
-        data = resident_data(todo[0].dataset, dev)
-        if engine == "ensemble":
-            results = fit_ensemble(todo, dev, data=data)
-        else:
-            results = [fit(r, dev, data=data) for r in todo]
-        for r, res in zip(todo, results):
-            put_trained(store, r, res, data)
+        train_into(store, todo, engine, dev, resident_data(todo[0].dataset, dev))
 
     try:
         trained, deferred = work_through(recipes, Recipe.key, store_root, "models",
@@ -96,20 +114,14 @@ def eval_task(recipes: list[Recipe], spec, store_root: str, device: str,
     (the numbers do not depend on the chunk: each model is evaluated on its own).
     """
     from .claims import work_through
-    from .evaluate import evaluate
     determinism.enter(deterministic)
     store = Store(store_root)
     skey = spec.key()
-
-    def evaluate_all(todo: list[Recipe]) -> None:
-        dev = worker_device(device)
-        models = [store.model(r).load_model() for r in todo]
-        for r, (metrics, arrays) in zip(todo, evaluate(models, todo[0].dataset, spec, dev)):
-            store.put_eval(r, spec.to_dict(), skey, metrics, arrays)
-
     try:
-        done, deferred = work_through(recipes, lambda r: f"{r.key()}-{skey}", store_root,
-                                      "evals", lambda r: store.has_eval(r, skey), evaluate_all,
+        done, deferred = work_through(recipes, eval_claim_name(store, skey), store_root,
+                                      "evals", lambda r: store.has_eval(r, skey),
+                                      lambda todo: evaluate_into(store, todo, spec,
+                                                                 worker_device(device)),
                                       wait=wait)
     except StoreWriteError as e:
         return {"store_error": e}
