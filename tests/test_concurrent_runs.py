@@ -149,15 +149,21 @@ def _wait_until(cond, limit: float = 300) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.cluster
-@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "dask"])
-def test_a_claimed_recipe_is_waited_for_not_trained_again(tmp_path, workers):
+def _run_behind_a_holder(tmp_path: Path, workers: int):
+    """Another process holds RECIPES[0]'s claim; a run in a thread has trained the
+    other recipes first. Returns (store, holder, thread, its output)."""
     store = tmp_path / "store"
     holder = _holder(store)
     t, out = _run_in_thread(store, workers)
-    others = {r.key() for r in RECIPES[1:]}
+    _wait_until(lambda: {r.key() for r in RECIPES[1:]} <= _committed(store))
+    return store, holder, t, out
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "dask"])
+def test_a_claimed_recipe_is_waited_for_not_trained_again(tmp_path, workers):
     # the run trains the other recipes first, then waits for the claimed one
-    _wait_until(lambda: others <= _committed(store))
+    store, holder, t, out = _run_behind_a_holder(tmp_path, workers)
     time.sleep(1.0)  # a run that ignored the claim would train RECIPES[0] meanwhile
     assert t.is_alive() and RECIPES[0].key() not in _committed(store)
     holder.stdin.write("train\n")
@@ -175,10 +181,7 @@ def test_a_claimed_recipe_is_waited_for_not_trained_again(tmp_path, workers):
 @pytest.mark.cluster
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "dask"])
 def test_a_crashed_holders_recipe_is_trained_by_the_waiting_run(tmp_path, workers):
-    store = tmp_path / "store"
-    holder = _holder(store)
-    t, out = _run_in_thread(store, workers)
-    _wait_until(lambda: {r.key() for r in RECIPES[1:]} <= _committed(store))
+    store, holder, t, out = _run_behind_a_holder(tmp_path, workers)
     assert t.is_alive() and RECIPES[0].key() not in _committed(store)
     os.kill(holder.pid, signal.SIGKILL)  # dies holding the claim
     holder.wait(10)
