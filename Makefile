@@ -1,6 +1,7 @@
 # rmpm: two commands do everything (see README.md)
 #   make book [PROFILE=smoke|default|paper]   set up, execute every notebook, build the HTML book
 #   make test                                  set up, run the tests
+#   make test-fast                             the tests that need no trained model (~2 min)
 #   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)")
 #   make check-browser                         the built book and JupyterLab, checked in chromium
 #   make manifest                              commit-ready manifests/default.json of the last default build
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pins: the versions the project is tested with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data book test lab check-browser bench manifest clean
+.PHONY: setup data book test test-fast lab check-browser bench manifest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ book: setup
 test: setup
 	$(PY) -m pytest
 
+# The edit-test loop: every test that needs no trained model and runs no notebook; a test
+# that trains without being marked so fails here (tests/conftest.py). make test runs all.
+test-fast: setup
+	RMPM_TEST_FAST=1 $(PY) -m pytest -q -m "not trains and not notebook and not cluster and not slow and not browser"
+
 # Extra options for JupyterLab, e.g. LAB_ARGS="--ip=0.0.0.0 --port=8888" to reach it
 # from outside a container. As root (a container, CI) it needs --allow-root.
 LAB_ARGS ?=
@@ -50,7 +56,7 @@ lab: setup
 # The book as a reader meets it, and a chapter run in JupyterLab, in Debian's chromium
 # driven by Playwright (no browser download): installs chromium (as root, apt-get) and
 # Playwright if missing, builds the smoke book if there is none, then runs the tests
-# marked "browser" (tests/test_browser.py). Screenshots go to _build/screens/.
+# marked "browser" (tests/book/test_browser.py). Screenshots go to _build/screens/.
 CHROMIUM ?= /usr/bin/chromium
 check-browser: setup
 	@if [ ! -x $(CHROMIUM) ]; then \
@@ -61,8 +67,8 @@ check-browser: setup
 	$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -e '.[browser]'
 	test -f _build/html/index.html || $(PY) -m rmpm book --profile smoke
 	RMPM_BROWSER_REQUIRED=1 RMPM_CHROMIUM=$(CHROMIUM) RMPM_SCREENSHOTS=_build/screens \
-	  $(PY) -m pytest -m browser -v -p no:cacheprovider tests/test_browser.py
-	RMPM_BOOK_REQUIRED=1 $(PY) -m pytest -v -p no:cacheprovider tests/test_book_provenance.py \
+	  $(PY) -m pytest -m browser -v -p no:cacheprovider tests/book/test_browser.py
+	RMPM_BOOK_REQUIRED=1 $(PY) -m pytest -v -p no:cacheprovider tests/book/test_book_provenance.py \
 	  -k test_the_built_book_carries_provenance_that_matches_its_manifest
 
 # The manifest CI verifies its rebuild of the default book against (.ci/run): after an

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from rmpm.book import archive as A
 from rmpm.book import manifest as M
-from rmpm.book.populations import eval_spec
-from rmpm.book.profiles import get_profile
+from rmpm.analysis.populations import eval_spec
+from rmpm.analysis.profiles import get_profile
 from rmpm.pipeline.evaluate import evaluate
 from rmpm.pipeline.models import build_model
 from rmpm.pipeline.store import Store
@@ -53,7 +53,7 @@ def synthesise(root: Path, n: int) -> tuple[Store, Path]:
     (bdir / "results" / "02_populations.json").write_text(json.dumps(
         {"name": "02_populations", "profile": p.name, "build": BUILD,
          "values": {"model_keys": [r.key() for r in recipes]}}))
-    M.write(M.build(recipes, spec.key(), st, bdir / "results",
+    M.write(M.compute(recipes, spec.key(), st, bdir / "results",
                     environment={"profile": p.name, "build": BUILD}), bdir / "manifest.json")
     (bdir.parent / "latest").write_text(BUILD + "\n")
     return st, root / "builds"

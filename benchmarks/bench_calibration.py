@@ -1,6 +1,6 @@
 """What vectorising the calibration buys: the same simulations through the
 chapters' table-in, evidence-out functions (one simulation at a time) and through
-the stacked ``*_core`` path :mod:`rmpm.book.calibration` runs, in the same run,
+the stacked ``*_core`` path :mod:`rmpm.analysis.calibration` runs, in the same run,
 and what a cached rebuild costs.
 
 For C1 (sign flips) and C3 (cross-fitted permutation test) on a design of three
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from rmpm.book import calibration as C, decisions as D
+from rmpm.analysis import calibration as C, evidence as D
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Two concurrent ``rmpm train`` runs on one empty store, against one run alone.
 
-With claims (:mod:`rmpm.pipeline.claims`) the pair shares the work: each recipe is
+With claims (:mod:`rmpm.pipeline.locks`) the pair shares the work: each recipe is
 trained once between them, so the pair should take about as long as one run (the
 machine's cores are the limit either way), not twice as long. Prints each run's
 wall time, its trainings ("trained" rows of its summary table: trained by this

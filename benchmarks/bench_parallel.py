@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from rmpm.pipeline import engine as E
-from rmpm.book import populations as X
+from rmpm.analysis import populations as X
 from rmpm.book import manifest as M
 from rmpm.pipeline.recipe import dedupe
 from rmpm.pipeline.runs import run_recipes
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
                         deterministic=not args.fast)
             wall = time.perf_counter() - t0
             E.close_clients()
-            m = M.build(recipes, spec.key(), store)
+            m = M.compute(recipes, spec.key(), store)
             digests[n] = ({k: v["digest"] for k, v in m["models"].items()},
                           {k: v["digest"] for k, v in m["evals"].items()})
             out[n] = {"workers": n, "seconds": wall, "startup_seconds": startup,

@@ -38,7 +38,7 @@ from rmpm.pipeline import determinism, models
 from rmpm.pipeline.evaluate import evaluate
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.train import fit, prepare
-from rmpm.book.populations import eval_spec
+from rmpm.analysis.populations import eval_spec
 args = json.loads(sys.argv[1])
 if args["layout"] == "nchw":  # the code before channels-last
     models._nhwc = lambda x: x
@@ -86,7 +86,7 @@ def run_variant(name: str, env_extra: dict[str, str], layout: str, recipe: dict)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rmpm.book.profiles import get_profile
+    from rmpm.analysis.profiles import get_profile
     from rmpm.pipeline.determinism import ALLOC_ENV
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=None, help="default: the base recipe's")

@@ -23,8 +23,8 @@ import os
 
 from rmpm.pipeline import engine as E
 from rmpm.pipeline import estimate as T
-from rmpm.book import populations as X
-from rmpm.book.profiles import get_profile
+from rmpm.analysis import populations as X
+from rmpm.analysis.profiles import get_profile
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,8 +28,8 @@ Sections (each guarded: a failure or a timeout in one is recorded and the others
                 set in a subprocess before torch starts), with and without oneDNN
                 (mkldnn), compared with ``benchmarks/gpu_check_digests.json``, which
                 ``--write-reference`` computed on the development machine with the same
-                code. This pinned mode lives in this script alone; it is not rmpm's
-                official deterministic mode, which is developed separately.
+                code. The pinned mode is rmpm's deterministic mode
+                (``rmpm.pipeline.determinism.worker_env``).
 
 Every section runs in its own subprocess (a sticky CUDA error or a hang stays in its
 section; its time limit is enforced by killing it), except ``--in-process``. The
@@ -65,6 +65,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import rmpm from this checkout
     sys.path.insert(0, str(ROOT))
 
+from rmpm.atomic import atomic_write_text  # noqa: E402 (after the path is set)
+from rmpm.pipeline.determinism import cpu_flags, cpu_model, library_versions, worker_env  # noqa: E402
+from rmpm.pipeline.estimate import cost_key, examples, profile_seconds  # noqa: E402
+
 #: digests computed on the development machine (committed)
 REFERENCE = ROOT / "benchmarks" / "gpu_check_digests.json"
 #: what prepare_gpu_check.sh fills and the device call carries (ignored by git)
@@ -74,18 +78,12 @@ REF_WEIGHTS = CARRY_DIR / "digest_ref_weights.pt"
 FINGERPRINT_FILES = ("rmpm/pipeline/train.py", "rmpm/pipeline/models.py", "rmpm/pipeline/data.py",
                      "rmpm/pipeline/recipe.py")
 
-#: the pinned deterministic CPU environment; set before torch starts, so only in a subprocess
-PINNED_ENV = {
-    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-    "ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-    "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0",
-}
+#: rmpm's deterministic CPU mode (:func:`rmpm.pipeline.determinism.worker_env`), set before
+#: torch starts, so only in a subprocess; no GPU for the digests, no hash randomisation
+PINNED_ENV = {**worker_env(True), "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
 #: digest variants: with oneDNN convolutions (torch's CPU default) and without
 VARIANTS = {"avx2": True, "avx2_no_mkldnn": False}
 SECTIONS = ("train", "similarity", "pace", "digests")
-#: training examples per data set, for extrapolating to data sets not trained here
-N_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "svhn": 73257,
-           "digits": 1438}
 
 
 @dataclass(frozen=True)
@@ -137,10 +135,8 @@ def _sync(dev) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str))
-    os.replace(tmp, path)
+    """Atomic (:mod:`rmpm.atomic`): a reader (or a kill) never sees half a file."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=str))
 
 
 def state_digest(state: dict) -> str:
@@ -172,11 +168,17 @@ def code_fingerprint() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and hardware, so that numbers from different machines can be told apart."""
+    """Versions and hardware, so that numbers from different machines can be told apart:
+    what computes the numbers (:func:`rmpm.pipeline.determinism.library_versions`), and
+    whether the packages these sections import are there."""
     info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                            "cpu_count": os.cpu_count(), "cpu": _cpu_model()}
-    for name in ("torch", "torchvision", "numpy", "scipy", "pandas", "sklearn", "tqdm",
-                 "matplotlib"):
+                            "cpu_count": os.cpu_count(), "cpu": cpu_model(),
+                            "cpu_flags": cpu_flags()}
+    try:
+        info.update(library_versions())
+    except Exception as e:  # torch or numpy missing: a finding, not a crash
+        info["libraries_error"] = f"{type(e).__name__}: {e}"
+    for name in ("torchvision", "scipy", "pandas", "sklearn", "tqdm", "matplotlib"):
         try:
             mod = __import__(name)
             info[name] = getattr(mod, "__version__", "?")
@@ -197,27 +199,6 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split()
-                              if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return []
-
-
 # ----------------------------------------------------------------------------- 1. training
 
 def section_train(sz: Sizes, dev, part: dict, save) -> None:
@@ -225,7 +206,7 @@ def section_train(sz: Sizes, dev, part: dict, save) -> None:
     import statistics
 
     from rmpm.pipeline.ensemble import fit_ensemble
-    from rmpm.book.profiles import PROFILES
+    from rmpm.analysis.profiles import PROFILES
     from rmpm.pipeline.train import TrainData, fit, prepare
 
     base = PROFILES["paper"].base["fashion_mnist"].replace(epochs=1)
@@ -411,7 +392,7 @@ def _resnet_probe(sz: Sizes, dev, part: dict, save) -> None:
     import torch
 
     from rmpm.pipeline.ensemble import fit_ensemble, group_recipes
-    from rmpm.book.populations import profile_recipes
+    from rmpm.analysis.populations import profile_recipes
     from rmpm.pipeline.train import TrainData
 
     group = group_recipes(profile_recipes("paper", datasets=["cifar10"]), sz.probe_members)[0]
@@ -442,7 +423,7 @@ def section_pace(sz: Sizes, dev, part: dict, save, deadline: float) -> None:
     import math
 
     from rmpm.pipeline.ensemble import batch_key, group_recipes
-    from rmpm.book.populations import eval_spec, profile_recipes
+    from rmpm.analysis.populations import eval_spec, profile_recipes
     from rmpm.pipeline.recipe import dedupe
     from rmpm.pipeline.runs import resolve_engine, run_recipes
     from rmpm.pipeline.store import Store
@@ -525,17 +506,19 @@ def section_pace(sz: Sizes, dev, part: dict, save, deadline: float) -> None:
                 "smaller groups, whose loop is launch-bound"}
     rows, total_h = {}, 0.0
     probe = part.get("resnet_probe", {})
+    # seconds per training example-epoch of this data set's recipes, as measured
+    per_example = ds_total / sum(r.epochs * examples(r) for r in all_recipes if r.dataset == ds)
     for name, p in plan.items():
+        theirs = [r for r in all_recipes if r.dataset == name]
         if name == ds:
             hours, how = ds_total / 3600, "measured groups, the rest estimated as above"
-        elif p["arch"] == plan[ds]["arch"] and name in N_TRAIN and N_TRAIN.get(ds):
-            hours = ds_total / 3600 * p["model_epochs"] / plan[ds]["model_epochs"] \
-                * N_TRAIN[name] / N_TRAIN[ds]
+        elif p["arch"] == plan[ds]["arch"]:
+            cost = {cost_key(r): per_example for r in theirs}
+            hours = profile_seconds(theirs, cost, workers=1)["train_core_s"] / 3600
             how = f"{ds}'s time (same architecture), scaled by model-epochs and training-set size"
-        elif p["arch"] == "resnet" and "seconds_per_step" in probe and name in N_TRAIN:
-            steps = sum(g[0].epochs * math.ceil(N_TRAIN[name] / g[0].batch_size)
-                        for g in group_recipes(profile_recipes(profile, datasets=[name]),
-                                               sz.pace_max_group))
+        elif p["arch"] == "resnet" and "seconds_per_step" in probe:
+            steps = sum(g[0].epochs * math.ceil(examples(g[0]) / g[0].batch_size)
+                        for g in group_recipes(theirs, sz.pace_max_group))
             hours = steps * probe["seconds_per_step"] / 3600
             how = (f"ResNet probe ({probe['members']} members, width {probe['width']}): "
                    f"{steps} group steps at its seconds per step; training only, no evaluation")
@@ -562,7 +545,7 @@ def estimate_group(measured: dict, group: list, batch_key) -> float:
 
 def digest_recipes(small: bool = False) -> dict:
     """A few smoke-size recipes that between them run most of ``fit``'s code paths."""
-    from rmpm.book.profiles import PROFILES
+    from rmpm.analysis.profiles import PROFILES
     f = PROFILES["smoke"].base["fashion_mnist"]
     d = PROFILES["smoke_multi"].base["digits"]
     out = {
@@ -600,7 +583,7 @@ def digest_worker(small: bool, ref_weights: str | None, save_weights: str | None
         "env": {k: os.environ.get(k) for k in PINNED_ENV},
         "torch": version, "reference_weights_error": ref_error, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "weights_compared_with_torch": ref_torch,
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "weights_compared_with_torch": ref_torch,
         "variants": {}}
     weights: dict[str, dict] = {}
     for variant, mkldnn in VARIANTS.items():

@@ -17,7 +17,7 @@ import errno
 import signal
 import sys
 
-from .book.profiles import PROFILES
+from .analysis.profiles import PROFILES
 
 #: what a stopped command can say about its work, set by the command while it runs
 _PROGRESS: list = []
@@ -71,7 +71,7 @@ def _calibration_progress(no_cache: bool):
     import time
 
     from . import paths
-    from .book.calibration import CACHE_SUFFIX
+    from .analysis.calibration import CACHE_SUFFIX
     started, folder = time.time(), paths.calibration_dir()
 
     def progress() -> str:
@@ -87,8 +87,11 @@ def _calibrate(args) -> int:
     import pandas as pd
 
     from ._checks import check_range
-    from .book import calibration as C
+    from .analysis import calibration as C
+    from .analysis.evidence import ALPHA
     check_range("--n-sim", args.n_sim, 1, integer=True)
+    if args.alpha is None:
+        args.alpha = ALPHA
     check_range("--alpha", args.alpha, 0.0, 1.0, lo_open=True)
     d = C.design(args.profile)
     if args.datasets is not None:
@@ -134,11 +137,17 @@ def _calibrate(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmpm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_book, _add_train, _add_data, _add_calibrate, _add_store, _add_verify,
+                _add_env):
+        add(sub)
+    return parser
 
+
+def _add_book(sub) -> None:
     p = sub.add_parser("book", help="execute notebooks and build the HTML book")
     _add_profile(p)
     p.add_argument("--only", nargs="*", help="notebook names (e.g. 02_populations) to execute")
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clean", action="store_true", help="drop previously executed notebooks first")
     _add_engine(p, scheduler=False)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a profile's populations (finished models are reused)")
     _add_profile(p)
     p.add_argument("--dataset", nargs="*", help="data sets (default: the profile's)")
@@ -161,18 +172,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="print what would be trained and evaluated, and stop")
     _add_engine(p)
 
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="make sure a data set is present")
     p.add_argument("names", nargs="+", help="data set names")
     p.add_argument("--offline", action="store_true",
                    help="never download (default: use local files, download what is missing)")
 
+
+def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="false-positive rate and power of the verdict rules "
                                          "for a profile's design, by simulation")
     _add_profile(p)
     p.add_argument("--n-sim", type=int, default=1000,
                    help="simulations per scenario (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="significance level of the rules (default: theirs, "
+                        "rmpm.analysis.evidence.ALPHA)")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
                    help="what if: the profile's design with these data sets instead")
     p.add_argument("--replicates", type=int, default=None, metavar="N",
@@ -180,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cache", action="store_true",
                    help="recompute every scenario instead of reusing cached simulations")
 
+
+def _add_store(sub) -> None:
     p = sub.add_parser("store", help="inspect, verify, repair, export or import the result store")
     p.add_argument("action", choices=["ls", "verify", "sweep", "export", "import"],
                    help="ls: list trained models; verify: check every entry against its "
@@ -199,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build", default=None, metavar="ID",
                    help="export: this build of the profile (default: its latest)")
 
+
+def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="check a store and result files against a manifest")
     p.add_argument("manifest", help="a manifest.json published with a book build")
     p.add_argument("--store", default=None, help="store folder (default: rmpm.paths.store_root())")
@@ -206,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="result folder (default: the manifest's own build if it is here, "
                         "else the latest build of its profile)")
 
+
+def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print `export` lines for deterministic workers' job scripts")
     p.add_argument("--fast", action="store_true", help="the fast mode's environment instead")
 
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's arguments, with the checks argparse cannot make itself."""
+    parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if (extra and args.command == "store" and args.file is None and len(extra) == 1
             and not extra[0].startswith("-")):
@@ -219,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repair only goes with `store verify`")
     if args.command == "store":
         _check_store_args(parser, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     import threading
     main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -228,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import paths
         paths.check_folders(getattr(args, "store", None))  # every command, --dry-run too
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         return _interrupted(args.command, e)
     except (ValueError, KeyError, RuntimeError) as e:  # incl. StoreWriteError, DamagedEntryError
@@ -294,63 +326,58 @@ def _names_given(option: str, names: list[str] | None, allowed) -> None:
                          f"{', '.join(allowed)} (or leave {option} out for all)")
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "book":
-        from .book.build import build, notebook_paths
-        _names_given("--only", args.only, [p.stem for p in notebook_paths()])
-        if args.workers is not None and args.workers < 1:
-            raise ValueError(f"--workers={args.workers} must be >= 1")
-        from .book.populations import eval_spec, profile_recipes
-        from .pipeline.store import Store
-        _PROGRESS.append(lambda: Store().progress(profile_recipes(args.profile),
-                                                  eval_spec(args.profile).key()))
-        build(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean,
-              workers=args.workers, deterministic=not args.fast)
+def _book(args: argparse.Namespace) -> int:
+    from .analysis.populations import eval_spec, profile_recipes
+    from .book.build import build_book
+    from .book.notebooks import notebook_paths
+    from .pipeline.store import Store
+    _names_given("--only", args.only, [p.stem for p in notebook_paths()])
+    _check_workers(args.workers)
+    _PROGRESS.append(lambda: Store().progress(profile_recipes(args.profile),
+                                              eval_spec(args.profile).key()))
+    build_book(args.profile, only=args.only, strict=not args.no_strict, clean=args.clean,
+               workers=args.workers, deterministic=not args.fast)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .analysis.populations import eval_spec, profile_recipes, train_profile
+    from .analysis.profiles import get_profile
+    from .pipeline.recipe import FACTORS
+    from .pipeline.runs import plan_table, preflight, summary_table
+    p = get_profile(args.profile)
+    _names_given("--dataset", args.dataset, p.datasets)
+    _names_given("--factor", args.factor, [f for f in FACTORS if f in p.factors])
+    _check_workers(args.workers)
+    which = dict(datasets=args.dataset, factors=args.factor, reference_only=args.reference,
+                 shard=_parse_shard(args.shard) if args.shard is not None else None)
+    recipes, spec = profile_recipes(p, **which), eval_spec(p)
+    if args.dry_run:
+        print(plan_table(recipes, spec, args.store))
         return 0
-    if args.command == "train":
-        from .book.populations import eval_spec, profile_recipes
-        from .book.profiles import get_profile
-        from .pipeline.recipe import FACTORS
-        from .pipeline.runs import plan_table, run_recipes, shard, summary_table
-        from .pipeline.store import Store
-        from .pipeline.train import resolve_device
-        p = get_profile(args.profile)
-        _names_given("--dataset", args.dataset, p.datasets)
-        _names_given("--factor", args.factor, [f for f in FACTORS if f in p.factors])
-        if not args.dry_run:
-            resolve_device(args.device, name="--device")  # before any data is loaded
-        recipes = profile_recipes(p, datasets=args.dataset, factors=args.factor,
-                                  reference_only=args.reference)
-        if args.shard is not None:
-            recipes = shard(recipes, *_parse_shard(args.shard))
-        spec = eval_spec(p)
-        if args.dry_run:
-            print(plan_table(recipes, spec, args.store))
-            return 0
-        store = Store(args.store)
-        store.check_writable()  # a read-only or full disk stops here, not at the end
-        _PROGRESS.append(lambda: store.progress(recipes, spec.key())
-                         + "; the rest was not computed, and a rerun continues from there")
-        from .pipeline.data import ensure
-        ensure([r.dataset for r in recipes])  # fail now, not after hours on the others
-        if args.workers is not None and args.workers < 1:
-            raise ValueError(f"--workers={args.workers} must be >= 1")
-        results = run_recipes(recipes, spec, args.store, device=args.device,
-                              workers=args.workers, scheduler=args.scheduler,
-                              deterministic=not args.fast)
-        print(summary_table(results))
-        return 0
-    if args.command == "data":
-        from .pipeline import data as D
-        sizes = D.ensure(args.names, download=False if args.offline else None)
-        for name, (n_train, n_test) in sizes.items():
-            print(f"{name}: {n_train} training and {n_test} test images")
-        return 0
-    if args.command == "calibrate":
-        return _calibrate(args)
-    if args.command == "store" and args.action in ("export", "import"):
+    # a missing device, a read-only or full store or a data set that cannot be had
+    # stops the run here, not after hours on the others
+    store = preflight([r.dataset for r in recipes], args.store, args.device, "--device")
+    _PROGRESS.append(lambda: store.progress(recipes, spec.key())
+                     + "; the rest was not computed, and a rerun continues from there")
+    results = train_profile(p, **which, device=args.device, store=store, workers=args.workers,
+                            scheduler=args.scheduler, deterministic=not args.fast)
+    print(summary_table(results))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .pipeline import data as D
+    sizes = D.ensure(args.names, download=False if args.offline else None)
+    for name, (n_train, n_test) in sizes.items():
+        print(f"{name}: {n_train} training and {n_test} test images")
+    return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    from .pipeline.store import Store
+    if args.action in ("export", "import"):
         from .book import archive
-        from .pipeline.store import Store
         if args.action == "export":
             archive.compression(args.file)  # a bad FILE name stops here, before any work
             rep = archive.export(args.profile, args.file, Store(args.store).require_existing(),
@@ -359,30 +386,36 @@ def _dispatch(args: argparse.Namespace) -> int:
             rep = archive.import_archive(args.file, Store(args.store), profile=args.profile)
         print(rep.text())
         return 0
-    if args.command == "store":
-        from .pipeline.store import Store
-        store = Store(args.store).require_existing()
-        if args.action == "sweep":
-            from .pipeline.claims import sweep as sweep_claims
-            print(f"removed {store.sweep()} temporary folder(s) and "
-                  f"{sweep_claims(store.root)} unused lock file(s) from {store.root}")
-            return 0
-        if args.action == "verify":
-            return _verify(store, args.repair)
-        return _ls(store)
-    if args.command == "verify":
-        from pathlib import Path
-
-        from .book import manifest as M
-        report = M.verify(M.load(args.manifest), args.store,
-                          Path(args.results) if args.results else None)
-        print(report.text())
-        return 0 if report.identical else 1
-    if args.command == "env":
-        from .pipeline.determinism import shell_exports
-        print("\n".join(shell_exports(not args.fast)))
+    store = Store(args.store).require_existing()
+    if args.action == "sweep":
+        from .pipeline.locks import sweep as sweep_locks
+        print(f"removed {store.sweep()} temporary folder(s) and "
+              f"{sweep_locks(store.root)} unused lock file(s) from {store.root}")
         return 0
-    raise AssertionError(args.command)
+    if args.action == "verify":
+        return _store_verify(store, args.repair)
+    return _ls(store)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .book import manifest as M
+    report = M.verify(M.load(args.manifest), args.store,
+                      Path(args.results) if args.results else None)
+    print(report.text())
+    return 0 if report.identical else 1
+
+
+def _env(args: argparse.Namespace) -> int:
+    from .pipeline.determinism import shell_exports
+    print("\n".join(shell_exports(not args.fast)))
+    return 0
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers={workers} must be >= 1")
 
 
 def _ls(store) -> int:
@@ -406,7 +439,7 @@ def _ls(store) -> int:
     return 1 if damaged else 0
 
 
-def _verify(store, repair: bool) -> int:
+def _store_verify(store, repair: bool) -> int:
     reports = store.verify(repair=repair)
     bad = [r for r in reports if not r.ok]
     for r in bad:
@@ -422,3 +455,8 @@ def _verify(store, repair: bool) -> int:
                                         "moves them to quarantine/), or run `python -m rmpm store "
                                         "verify --repair` now"), file=sys.stderr)
     return 1 if bad else 0
+
+
+#: what each command runs
+COMMANDS = {"book": _book, "train": _train, "data": _data, "calibrate": _calibrate,
+            "store": _store, "verify": _verify, "env": _env}

@@ -110,7 +110,7 @@ def generated_dir() -> Path:
 
 
 def calibration_dir() -> Path:
-    """Cached calibration simulations (rmpm.book.calibration), one file per
+    """Cached calibration simulations (rmpm.analysis.calibration), one file per
     scenario, keyed by design, rule and simulation versions, number of
     simulations and seed."""
     return cache_root() / "calibration"

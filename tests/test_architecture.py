@@ -1,7 +1,11 @@
-"""The package's three layers and the rule between them (see README, "Architecture").
+"""The package's four layers and the rules between them (see README, "Architecture").
 
-measures <- pipeline <- book: a layer imports only from the layers to its left and
-from the shared top-level modules; the shared modules import from no layer.
+measures <- pipeline <- analysis <- book: a layer imports only from the layers to its
+left and from the shared top-level modules; the shared modules import from no layer;
+and no modules import each other in a circle, counting imports inside functions.
+
+``python tests/test_architecture.py`` prints the layers, their modules with
+their lines, the imports between layers and the circles (none).
 """
 import ast
 from pathlib import Path
@@ -11,18 +15,19 @@ import pytest
 import rmpm
 
 PKG = Path(rmpm.__file__).parent
-LAYERS = ("measures", "pipeline", "book")
+LAYERS = ("measures", "pipeline", "analysis", "book")
 #: may import from (besides itself and the shared modules)
-ALLOWED = {"measures": set(), "pipeline": {"measures"}, "book": {"measures", "pipeline"}}
+ALLOWED = {"measures": set(), "pipeline": {"measures"}, "analysis": {"measures", "pipeline"},
+           "book": {"measures", "pipeline", "analysis"}}
 #: modules at the top of the package: shared by every layer, or the command line
-SHARED = {"__init__", "_checks", "atomic", "paths"}
+SHARED = {"__init__", "_checks", "atomic", "jsonable", "paths"}
 ENTRY = {"__main__", "cli"}
 
 
 def imported_modules(source: str, module: str) -> set[str]:
     """Dotted names of the rmpm modules that ``source`` (module ``module``, e.g.
-    ``rmpm.book.claims``) imports, at top level or inside functions."""
-    package = module.rsplit(".", 1)[0]
+    ``rmpm.analysis.verdicts``) imports, at top level or inside functions."""
+    package = module if module in PACKAGES else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -41,6 +46,9 @@ def imported_modules(source: str, module: str) -> set[str]:
             else:
                 found.add(name)
     return found
+
+
+PACKAGES = {"rmpm", *(f"rmpm.{layer}" for layer in LAYERS)}
 
 
 def layer_of(name: str) -> str | None:
@@ -90,15 +98,104 @@ def test_layer_rule(module):
 
 def test_the_rule_catches_upward_and_shared_imports():
     assert violations("from ..pipeline import store\n", "rmpm.measures.report") == ["rmpm.pipeline.store"]
+    assert violations("from ..book import records\n", "rmpm.analysis.verdicts") == ["rmpm.book.records"]
+    assert violations("def f():\n    from ..book.provenance import qualname\n",
+                      "rmpm.analysis.verdicts") == ["rmpm.book.provenance"]
     assert violations("def f():\n    from ..book.plots import x\n", "rmpm.pipeline.train") == ["rmpm.book.plots"]
-    assert violations("import rmpm.book.claims\n", "rmpm.measures.stats") == ["rmpm.book.claims"]
+    assert violations("import rmpm.analysis.verdicts\n", "rmpm.measures.stats") == ["rmpm.analysis.verdicts"]
     assert violations("from rmpm.pipeline import runs\n", "rmpm.measures.stats") == ["rmpm.pipeline.runs"]
     assert violations("from .pipeline import store\n", "rmpm.paths") == ["rmpm.pipeline.store"]
     assert violations("from .. import cli\n", "rmpm.book.build") == ["rmpm.cli"]
     # allowed: down the layers, the shared modules, the layer itself
     assert violations("from ..measures import stats\nfrom .. import paths\nfrom . import records\n",
-                      "rmpm.book.claims") == []
-    assert violations("from .book.profiles import get_profile\n", "rmpm.cli") == []
+                      "rmpm.analysis.verdicts") == []
+    assert violations("from .analysis.profiles import get_profile\n", "rmpm.cli") == []
+    assert violations("from ..analysis import populations as X\n", "rmpm.book.build") == []
+
+
+# -- no circles ---------------------------------------------------------------
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (inside functions too)."""
+    mods = package_modules()
+    graph = {}
+    for name, path in mods.items():
+        found = imported_modules(path.read_text(), name)
+        # ``from ..pipeline.store import Store`` names a module; ``from . import x`` too
+        graph[name] = {m for m in found if m in mods and m != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: every strongly connected set of two or more
+    modules (Tarjan's algorithm), each sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                out.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_imports_another_in_a_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_check_sees_a_circle_through_a_function_import():
+    graph = {"rmpm.book.a": {"rmpm.book.b"}, "rmpm.book.b": {"rmpm.book.c"},
+             "rmpm.book.c": set(), "rmpm.book.d": {"rmpm.book.a"}}
+    assert circles(graph) == []
+    # c imports a inside a function: a -> b -> c -> a
+    found = imported_modules("def f():\n    from . import a\n", "rmpm.book.c")
+    assert found == {"rmpm.book.a"}
+    graph["rmpm.book.c"] = found
+    assert circles(graph) == [["rmpm.book.a", "rmpm.book.b", "rmpm.book.c"]]
+
+
+def report() -> str:
+    """The house: each layer's modules with their lines, the imports between layers
+    (how many module-to-module arrows run from one to the other) and the circles."""
+    mods, graph = package_modules(), import_graph()
+
+    def room(name: str) -> str:
+        return layer_of(name) or ("entry" if name.split(".")[-1] in ENTRY else "shared")
+    lines = []
+    for layer in ("shared", *LAYERS, "entry"):
+        members = sorted(m for m in mods if room(m) == layer and m not in PACKAGES - {"rmpm"})
+        sizes = {m: len(mods[m].read_text().splitlines()) for m in members}
+        lines.append(f"{layer:9} {sum(sizes.values()):6} lines  " + ", ".join(
+            f"{m.rsplit('.', 1)[-1]} {n}" for m, n in sorted(sizes.items(), key=lambda t: -t[1])))
+    arrows: dict[tuple[str, str], int] = {}
+    for a, targets in graph.items():
+        for b in targets:
+            if room(a) != room(b):
+                arrows[(room(a), room(b))] = arrows.get((room(a), room(b)), 0) + 1
+    lines.append("imports between layers: " + ", ".join(
+        f"{a} -> {b} {n}" for (a, b), n in sorted(arrows.items())))
+    found = circles(graph)
+    lines.append("circles: " + ("; ".join(" <-> ".join(c) for c in found) if found else "none"))
+    return "\n".join(lines)
 
 
 # -- notebooks: parameters, calls, tables and figures; the logic lives in rmpm ---
@@ -167,3 +264,7 @@ def test_the_attribute_check_sees_a_missing_function():
     used = _module_attributes_used("from rmpm.book import plots, records as R\nplots.nope(1)\nR.save(2)\n")
     assert [(a, attr, hasattr(m, attr)) for a, attr, m in used] == [("plots", "nope", False),
                                                                     ("R", "save", True)]
+
+
+if __name__ == "__main__":
+    print(report())

@@ -1,21 +1,18 @@
-"""Book: the replication's experiments, analyses, verdicts and the Jupyter Book.
+"""Book: publishing what :mod:`rmpm.analysis` computes, as a Jupyter Book.
 
-Uses :mod:`rmpm.measures` and :mod:`rmpm.pipeline`; nothing below imports from here.
-A chapter (a notebook in ``notebooks/``) sets parameters, calls these modules,
-tabulates and plots; the logic lives here.
+Uses :mod:`rmpm.measures`, :mod:`rmpm.pipeline` and :mod:`rmpm.analysis`; nothing
+imports from here. A chapter (a notebook in ``notebooks/``) sets parameters, calls
+the analysis, tabulates and plots.
 
-- what to run: :mod:`~rmpm.book.profiles` (sizes of each profile),
-  :mod:`~rmpm.book.populations` (a profile's populations of models, trained once
-  and loaded for every chapter, and the factor table of their RM and PM);
-- analyses: :mod:`~rmpm.book.factor_analysis` (the factor table: RM by factor, PM
-  under shift, RM vs PM), :mod:`~rmpm.book.finite_samples` (how many inputs and
-  models the measures need);
-- verdicts: :mod:`~rmpm.book.decisions` (each claim's evidence),
-  :mod:`~rmpm.book.claims` (verdict rules), :mod:`~rmpm.book.calibration` (their
-  error rates, simulated through the same code);
-- pages: :mod:`~rmpm.book.chapter` (what every notebook does at its top),
-  :mod:`~rmpm.book.plots`, :mod:`~rmpm.book.records` (the JSON results notebooks
-  save and the Claims page reads), :mod:`~rmpm.book.build` (execute notebooks, build
-  HTML), :mod:`~rmpm.book.manifest` (digests of a build, ``rmpm verify``),
-  :mod:`~rmpm.book.sphinx_ext`.
+- chapters: :mod:`~rmpm.book.chapter` (what every notebook does at its top: banner,
+  parameter checks), :mod:`~rmpm.book.plots`, :mod:`~rmpm.book.records` (the JSON
+  results notebooks save, and their content digests), :mod:`~rmpm.book.claims_page`
+  (the verdicts with where they came from);
+- building: :mod:`~rmpm.book.notebooks` (the notebooks, run with papermill),
+  :mod:`~rmpm.book.builds` (build folders), :mod:`~rmpm.book.build` (the whole build,
+  then the HTML), :mod:`~rmpm.book.sphinx_ext`;
+- what a build says of itself: :mod:`~rmpm.book.provenance` (every figure's and
+  verdict's line), :mod:`~rmpm.book.manifest` (digests of a build, ``rmpm verify``),
+  :mod:`~rmpm.book.reproducibility` (the reproducibility page),
+  :mod:`~rmpm.book.archive` (a build carried to another machine).
 """

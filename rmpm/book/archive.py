@@ -54,12 +54,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
 from ..pipeline.evaluate import EVAL_SCHEMA_VERSION
 from ..pipeline.recipe import Recipe, content_key
-from ..pipeline.store import (MANIFEST, REQUIRED, TMP_PREFIX, Store, check_entry, commit_dir,
-                              entry_digest, files_digest, read_manifest)
+from ..pipeline.store import (CHECKSUMS, REQUIRED, TMP_PREFIX, EvalEntry, ModelEntry, Store,
+                              check_entry, entry_digest, files_digest, read_checksums)
 from . import manifest as M
+from .builds import Build, builds_root, latest_build, set_latest
+from .records import content_digest
 
 FORMAT = "rmpm-result-archive"
 VERSION = 1
@@ -120,8 +121,7 @@ class ExportReport:
                 f"result files, {self.bytes / 1e6:.1f} MB to {self.file} in {self.seconds:.1f} s")
 
 
-def _find_build(profile: str, build_id: str | None, builds_dir: Path | None):
-    from .build import Build, builds_root, latest_build
+def _find_build(profile: str, build_id: str | None, builds_dir: Path | None) -> Build:
     root = Path(builds_dir) if builds_dir is not None else builds_root()
     if build_id is None:
         b = latest_build(profile, root)
@@ -136,10 +136,6 @@ def _find_build(profile: str, build_id: str | None, builds_dir: Path | None):
         raise ArchiveError(f"--build {build_id}: no such build of profile {profile!r} in "
                            f"{root / profile}; builds there: {', '.join(have) or 'none'}")
     return b
-
-
-def _entry_dir(st: Store, kind: str, name: str) -> Path:
-    return st.root / kind / name[:2] / name
 
 
 def export(profile: str, file: str | os.PathLike, store: Store | str | None = None,
@@ -157,19 +153,54 @@ def export(profile: str, file: str | os.PathLike, store: Store | str | None = No
     comp = compression(file)
     st = store if isinstance(store, Store) else Store(store)
     b = _find_build(profile, build_id, builds_dir)
+    mpath, man = _build_manifest(b)
+    entries = [("models", k) for k in man["models"]] + [("evals", k) for k in man["evals"]]
+    digests = _intact_entries(st, b, entries)
+    if check_content:
+        _same_content(st, b, man, entries)
+    derived = _derived_of(st, digests)
+    results = sorted(b.results_dir.glob("*.json")) if b.results_dir.is_dir() else []
+    if {p.stem for p in results} != set(man["results"]):
+        raise ArchiveError(f"build {b.id}: its results/ folder holds "
+                           f"{sorted(p.stem for p in results)} but its manifest lists "
+                           f"{sorted(man['results'])}")
+    members: list[tuple[str, Path]] = [("build/manifest.json", mpath)]
+    if (b.dir / "build_info.json").is_file():
+        members.append(("build/build_info.json", b.dir / "build_info.json"))
+    members += [(f"build/results/{p.name}", p) for p in results]
+    for kind, name in entries:
+        d = st.entry_dir(kind, name)
+        members += [(f"store/{kind}/{name[:2]}/{name}/{f.name}", f) for f in _files(d)]
+    for d in derived:
+        members += [(f"store/derived/{d.name[:2]}/{d.name}/{f.name}", f) for f in _files(d)]
+    index = {"format": FORMAT, "version": VERSION, "profile": profile, "build": b.id,
+             "spec_key": man["spec_key"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "files": {}}
+    _write_tar(file, comp, members, index)
+    counts = {k: sum(kk == k for kk, _ in entries) for k in ("models", "evals")}
+    return ExportReport(file, profile, b.id, counts["models"], counts["evals"], len(derived),
+                        len(results), file.stat().st_size, time.perf_counter() - t0)
+
+
+def _build_manifest(b: Build) -> tuple[Path, dict[str, Any]]:
+    """Build ``b``'s manifest (its path and content), which must be its profile's."""
     mpath = b.dir / "manifest.json"
     if not mpath.is_file():
-        raise ArchiveError(f"build {b.id} of profile {profile!r} has no manifest.json (built "
+        raise ArchiveError(f"build {b.id} of profile {b.profile!r} has no manifest.json (built "
                            "before builds kept their manifest); build the book again")
     man = M.load(mpath)
-    if man.get("environment", {}).get("profile") != profile:
+    if man.get("environment", {}).get("profile") != b.profile:
         raise ArchiveError(f"{mpath} is the manifest of profile "
-                           f"{man.get('environment', {}).get('profile')!r}, not {profile!r}")
+                           f"{man.get('environment', {}).get('profile')!r}, not {b.profile!r}")
+    return mpath, man
 
-    entries = [("models", k) for k in man["models"]] + [("evals", k) for k in man["evals"]]
+
+def _intact_entries(st: Store, b: Build, entries: list[tuple[str, str]]) -> dict[str, str]:
+    """Refuse entries the store lacks, holds damaged or holds without checksums; returns
+    ``"<kind>/<name>"`` -> :func:`rmpm.pipeline.store.entry_digest` of each."""
     problems, digests = [], {}
     for kind, name in entries:
-        d = _entry_dir(st, kind, name)
+        d = st.entry_dir(kind, name)
         found, legacy = check_entry(d, kind)
         if found or legacy:
             problems.append(f"{kind}/{name[:12]}: " + ("; ".join(found) if found else
@@ -179,16 +210,25 @@ def export(profile: str, file: str | os.PathLike, store: Store | str | None = No
     if problems:
         raise _problems(f"cannot export build {b.id}: the store at {st.root} lacks or holds "
                         "damaged entries its manifest lists", problems)
-    if check_content:
-        from ..pipeline.store import EvalEntry, ModelEntry
-        for kind, name in entries:
-            d = _entry_dir(st, kind, name)
-            got = M.model_digest(ModelEntry(d)) if kind == "models" else M.eval_digest(EvalEntry(d))
-            if got != man[kind][name]["digest"]:
-                problems.append(f"{kind}/{name[:12]}: content differs from the manifest")
-        if problems:
-            raise _problems(f"cannot export build {b.id}: the store's entries were recomputed "
-                            "since that build", problems)
+    return digests
+
+
+def _same_content(st: Store, b: Build, man: dict[str, Any], entries: list[tuple[str, str]]) -> None:
+    """Refuse entries whose weights or arrays are no longer the manifest's (recomputed)."""
+    problems = []
+    for kind, name in entries:
+        d = st.entry_dir(kind, name)
+        got = M.model_digest(ModelEntry(d)) if kind == "models" else M.eval_digest(EvalEntry(d))
+        if got != man[kind][name]["digest"]:
+            problems.append(f"{kind}/{name[:12]}: content differs from the manifest")
+    if problems:
+        raise _problems(f"cannot export build {b.id}: the store's entries were recomputed "
+                        "since that build", problems)
+
+
+def _derived_of(st: Store, digests: dict[str, str]) -> list[Path]:
+    """The memoised measures of the exported populations only: those whose every input
+    is among the exported entries (``digests``)."""
     derived = []
     for d in st.entry_dirs("derived"):
         try:
@@ -196,28 +236,15 @@ def export(profile: str, file: str | os.PathLike, store: Store | str | None = No
             inputs = json.loads((d / "inputs.json").read_text()) if not (found or legacy) else None
         except (OSError, ValueError):
             continue
-        # memoised measures of this build's populations only: every input is exported
         if inputs and all(digests.get(k) == v for k, v in inputs.items()):
             derived.append(d)
-    results = sorted(b.results_dir.glob("*.json")) if b.results_dir.is_dir() else []
-    if {p.stem for p in results} != set(man["results"]):
-        raise ArchiveError(f"build {b.id}: its results/ folder holds "
-                           f"{sorted(p.stem for p in results)} but its manifest lists "
-                           f"{sorted(man['results'])}")
+    return derived
 
-    members: list[tuple[str, Path]] = [("build/manifest.json", mpath)]
-    if (b.dir / "build_info.json").is_file():
-        members.append(("build/build_info.json", b.dir / "build_info.json"))
-    members += [(f"build/results/{p.name}", p) for p in results]
-    for kind, name in entries:
-        d = _entry_dir(st, kind, name)
-        members += [(f"store/{kind}/{name[:2]}/{name}/{f.name}", f) for f in _files(d)]
-    for d in derived:
-        members += [(f"store/derived/{d.name[:2]}/{d.name}/{f.name}", f) for f in _files(d)]
 
-    index = {"format": FORMAT, "version": VERSION, "profile": profile, "build": b.id,
-             "spec_key": man["spec_key"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "files": {}}
+def _write_tar(file: Path, comp: str, members: list[tuple[str, Path]],
+               index: dict[str, Any]) -> None:
+    """Pack ``members`` (archive name, file) and, last, their ``index`` into ``file``,
+    atomically; refuse store files that changed since they were checked."""
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
     try:
@@ -228,7 +255,7 @@ def export(profile: str, file: str | os.PathLike, store: Store | str | None = No
                 _add(tf, arcname, data)
             # entries were checked above; what was packed must still be what they hold
             changed = [a for a, p in members if a.startswith("store/")
-                       and p.name != MANIFEST and not _matches_entry_manifest(p, index["files"][a])]
+                       and p.name != CHECKSUMS and not _matches_entry_checksums(p, index["files"][a])]
             if changed:
                 raise _problems("the store changed while exporting", changed)
             _add(tf, INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
@@ -236,17 +263,14 @@ def export(profile: str, file: str | os.PathLike, store: Store | str | None = No
     finally:
         if tmp.exists():
             tmp.unlink()
-    counts = {k: sum(kk == k for kk, _ in entries) for k in ("models", "evals")}
-    return ExportReport(file, profile, b.id, counts["models"], counts["evals"], len(derived),
-                        len(results), file.stat().st_size, time.perf_counter() - t0)
 
 
 def _files(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
-def _matches_entry_manifest(path: Path, rec: dict[str, Any]) -> bool:
-    m = read_manifest(path.parent)
+def _matches_entry_checksums(path: Path, rec: dict[str, Any]) -> bool:
+    m = read_checksums(path.parent)
     want = (m or {}).get("files", {}).get(path.name)
     return want is not None and want["size"] == rec["size"] and want["sha256"] == rec["sha256"]
 
@@ -355,6 +379,23 @@ def _scan(file: Path) -> _Scan:
 def _check(file: Path, s: _Scan, profile: str | None) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Every check of the module docstring on a first pass's findings; returns the
     build manifest and the archive's entries (``store/<kind>/<xx>/<name>`` -> file names)."""
+    _check_members(file, s)
+    man = _check_origin(file, s, profile)
+    entries: dict[str, list[str]] = {}
+    for name in s.files:
+        if name.startswith("store/"):
+            folder, fname = name.rsplit("/", 1)
+            entries.setdefault(folder, []).append(fname)
+    problems = _entry_problems(s, man, entries) + _result_problems(s, man)
+    if problems:
+        raise _problems(f"{file} does not match its own manifest (a foreign or tampered "
+                        "archive); nothing was imported", problems)
+    return man, entries
+
+
+def _check_members(file: Path, s: _Scan) -> None:
+    """The archive is whole: an rmpm index of this version, every member it lists there
+    with its size and SHA-256, nothing else."""
     if s.index is None or s.index.get("format") != FORMAT:
         raise ArchiveError(f"{file} is truncated or not an rmpm result archive: it has no "
                            f"{INDEX} index (an archive ends with it)"
@@ -378,6 +419,11 @@ def _check(file: Path, s: _Scan, profile: str | None) -> tuple[dict[str, Any], d
     if problems:
         raise _problems(f"{file} is damaged; nothing was imported", problems)
 
+
+def _check_origin(file: Path, s: _Scan, profile: str | None) -> dict[str, Any]:
+    """One profile and one build throughout (index, manifest, build info, every result,
+    and ``profile`` if given); returns the build manifest."""
+    idx = s.index
     arch_profile, build = idx.get("profile"), idx.get("build")
     man = s.json.get("build/manifest.json")
     if not isinstance(man, dict) or man.get("version") != M.MANIFEST_VERSION:
@@ -396,16 +442,18 @@ def _check(file: Path, s: _Scan, profile: str | None) -> tuple[dict[str, Any], d
     if info and info.get("build") != build:
         raise ArchiveError(f"{file}: its index names build {build!r}, its build_info.json "
                            f"{info.get('build')!r} (foreign archive)")
+    return man
 
-    entries: dict[str, list[str]] = {}
-    for name in s.files:
-        if name.startswith("store/"):
-            folder, fname = name.rsplit("/", 1)
-            entries.setdefault(folder, []).append(fname)
+
+def _entry_problems(s: _Scan, man: dict[str, Any], entries: dict[str, list[str]]) -> list[str]:
+    """The archive's store entries are exactly the manifest's, each whole by its own
+    checksums, under the key its content gives, with the manifest's content; derived
+    measures only of those entries."""
+    problems = []
     skey = man["spec_key"]
-    if idx.get("spec_key") != skey:
-        problems.append(f"its index has eval spec {str(idx.get('spec_key'))[:12]}, its manifest "
-                        f"{skey[:12]}")
+    if s.index.get("spec_key") != skey:
+        problems.append(f"its index has eval spec {str(s.index.get('spec_key'))[:12]}, its "
+                        f"manifest {skey[:12]}")
     have = {k: {f.rsplit("/", 1)[1] for f in entries if f.split("/")[1] == k}
             for k in ("models", "evals", "derived")}
     for kind in ("models", "evals"):
@@ -417,19 +465,19 @@ def _check(file: Path, s: _Scan, profile: str | None) -> tuple[dict[str, Any], d
     digests: dict[str, str] = {}
     for folder, names in sorted(entries.items()):
         _, kind, _, key = folder.split("/")
-        em = s.json.get(f"{folder}/{MANIFEST}")
+        em = s.json.get(f"{folder}/{CHECKSUMS}")
         files = em.get("files") if isinstance(em, dict) else None
         if not isinstance(files, dict):
-            problems.append(f"{kind}/{key[:12]}: no readable {MANIFEST}")
+            problems.append(f"{kind}/{key[:12]}: no readable {CHECKSUMS}")
             continue
-        if set(files) != set(names) - {MANIFEST}:
-            problems.append(f"{kind}/{key[:12]}: holds {sorted(set(names) - {MANIFEST})}, its "
-                            f"{MANIFEST} lists {sorted(files)}")
+        if set(files) != set(names) - {CHECKSUMS}:
+            problems.append(f"{kind}/{key[:12]}: holds {sorted(set(names) - {CHECKSUMS})}, its "
+                            f"{CHECKSUMS} lists {sorted(files)}")
         problems += [f"{kind}/{key[:12]}: {n} is missing" for n in REQUIRED[kind] if n not in files]
         for n, rec in files.items():
             got = s.files.get(f"{folder}/{n}")
             if got is not None and (got[0] != rec.get("size") or got[1] != rec.get("sha256")):
-                problems.append(f"{kind}/{key[:12]}/{n}: does not match the entry's {MANIFEST}")
+                problems.append(f"{kind}/{key[:12]}/{n}: does not match the entry's {CHECKSUMS}")
         digests[f"{kind}/{key}"] = files_digest({n: r.get("sha256") for n, r in files.items()})
         problems += _content_problems(s, folder, kind, key, man, skey)
     for folder in (f for f in entries if f.split("/")[1] == "derived"):
@@ -437,18 +485,22 @@ def _check(file: Path, s: _Scan, profile: str | None) -> tuple[dict[str, Any], d
         if not isinstance(inputs, dict) or any(digests.get(k) != v for k, v in inputs.items()):
             problems.append(f"derived/{folder.rsplit('/', 1)[1][:12]}: its inputs are not the "
                             "archive's entries")
+    return problems
+
+
+def _result_problems(s: _Scan, man: dict[str, Any]) -> list[str]:
+    """The archive's result files are exactly the manifest's, with its values."""
     results = {n.removeprefix("build/results/").removesuffix(".json"): doc
                for n, doc in s.json.items() if n.startswith("build/results/")}
+    problems = []
     if set(results) != set(man["results"]):
-        problems.append(f"result files {sorted(results)}, its manifest lists {sorted(man['results'])}")
+        problems.append(f"result files {sorted(results)}, its manifest lists "
+                        f"{sorted(man['results'])}")
     for name, doc in results.items():
         pub = man["results"].get(name)
-        if pub is not None and M.values_digest(doc.get("values")) != pub["digest"]:
+        if pub is not None and content_digest(doc.get("values")) != pub["digest"]:
             problems.append(f"result {name}: values differ from the manifest")
-    if problems:
-        raise _problems(f"{file} does not match its own manifest (a foreign or tampered "
-                        "archive); nothing was imported", problems)
-    return man, entries
+    return problems
 
 
 def _content_problems(s: _Scan, folder: str, kind: str, key: str, man: dict[str, Any],
@@ -512,14 +564,9 @@ def import_archive(file: str | os.PathLike, store: Store | str | None = None,
     def commit(folder: str) -> None:
         data = pending.pop(folder)
         _, kind, _, key = folder.split("/")
-        final = st.root / kind / key[:2] / key
+        final = st.entry_dir(kind, key)
         existed = final.is_dir() and not check_entry(final, kind)[0]
-
-        def write(d: Path) -> None:
-            for n, b in data.items():
-                (d / n).write_bytes(b)
-
-        commit_dir(final, write)
+        st.commit_files(kind, key, data)
         counter = rep.present if existed else rep.imported
         counter[kind] = counter.get(kind, 0) + 1
 
@@ -552,7 +599,6 @@ def import_archive(file: str | os.PathLike, store: Store | str | None = None,
 def _builds_dir(builds_dir: Path | None) -> Path | None:
     if builds_dir is not None:
         return Path(builds_dir)
-    from .build import builds_root
     try:
         return builds_root()
     except RuntimeError:  # an installed rmpm has no book folder
@@ -563,7 +609,6 @@ def _place_build(target: Path, data: dict[str, bytes], profile: str, bid: str,
                  file: Path) -> str:
     """The archived build folder at ``target`` (written whole, then renamed into place);
     it becomes the profile's ``latest`` only if the profile has none here."""
-    from .build import latest_build
     if target.exists():  # identical (checked in the first pass)
         status = "already there as"
     else:
@@ -581,6 +626,6 @@ def _place_build(target: Path, data: dict[str, bytes], profile: str, bid: str,
             shutil.rmtree(tmp, ignore_errors=True)
         status = "placed in"
     if latest_build(profile, target.parent.parent) is None:
-        atomic_write_text(target.parent / "latest", bid + "\n")
+        set_latest(target.parent, bid)
         status += " (now the profile's latest build)"
     return status

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._checks import check_choice, check_range
 from ..pipeline.recipe import FACTORS
-from .profiles import Profile, get_profile
+from ..analysis.profiles import Profile, get_profile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,8 +111,8 @@ def factor_chapter(profile: str | Profile, datasets=None, factors=None, conv: st
     is missing, unless a book build already did) and say what it holds."""
     import pandas as pd
 
-    from . import populations as X
-    from .factor_analysis import distinct_models
+    from ..analysis import populations as X
+    from ..analysis.factor_analysis import distinct_models
     p = get_profile(profile)
     opts = resolve_options(p, datasets, factors, conv, n_boot, min_factors)
     if show:
@@ -201,7 +201,7 @@ def _conv_modes(p):
 
 #: name -> (rule, None allowed). Parameters not listed are checked against the type
 #: of their declared default.
-RULES = {
+PARAMETER_RULES = {
     "dataset": (_choice(lambda p: p.datasets), True),
     "datasets": (_names(lambda p: p.datasets), True),
     "factors": (_names(_factors), True),
@@ -296,9 +296,9 @@ def check_parameters(notebook: str, namespace: dict) -> None:
 
 def check_values(notebook: "str | Path", values: dict) -> None:
     """Check the values of a notebook's declared parameters (``values``: name ->
-    value) against :data:`RULES` (or the type of the default) and the profile.
+    value) against :data:`PARAMETER_RULES` (or the type of the default) and the profile.
     ``notebook``: a book chapter's name, or a notebook's path."""
-    from .profiles import PROFILES
+    from ..analysis.profiles import PROFILES
     declared = declared_parameters(notebook)
     notebook = notebook.stem if isinstance(notebook, Path) else notebook
     check_choice("profile", values.get("profile"), PROFILES)
@@ -307,7 +307,7 @@ def check_values(notebook: "str | Path", values: dict) -> None:
         if name == "profile":
             continue
         v = values.get(name, default)
-        rule, none_ok = RULES.get(name, (None, default is None))
+        rule, none_ok = PARAMETER_RULES.get(name, (None, default is None))
         if v is None:
             if not none_ok:
                 raise ValueError(f"{notebook}: parameter {name}=None is not allowed "

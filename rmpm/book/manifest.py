@@ -12,7 +12,7 @@ Content, not file bytes, because the files also hold what legitimately differs
 between two builds of the same numbers: creation times (in ``meta.json``, in the
 zip headers of ``arrays.npz``, in a result file's ``written``), host names and
 wall-clock timings. Those are left out of digests and comparisons
-(:data:`VOLATILE`).
+(:data:`rmpm.book.records.VOLATILE`).
 
 :func:`verify` compares a store and result folder with a published manifest:
 which entries match bit for bit, which differ and by how much (the largest
@@ -31,21 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline.recipe import Recipe
+from ..analysis.profiles import PROFILES
+from ..analysis.verdicts import all_verdicts
 from ..atomic import atomic_write_text
-from ..pipeline.store import EvalEntry, ModelEntry, Store
+from ..pipeline.recipe import Recipe
+from ..pipeline.store import EvalEntry, ModelEntry, Store, check_entry, read_only
+from .builds import builds_root, latest_build
+from .records import content_digest, result_paths, stable
 
 MANIFEST_VERSION = 1
-#: keys whose values are timings or provenance, not results
-VOLATILE = frozenset({"train_seconds", "group_train_seconds", "seconds", "written", "device",
-                      # whether a simulation came from the calibration cache: how, not what
-                      "cached"})
-
-
-def volatile(key: str) -> bool:
-    """A key holding a timing or provenance, not a result: :data:`VOLATILE`, and any
-    ``seconds_*`` / ``*_seconds`` timing (e.g. the calibration's cost)."""
-    return key in VOLATILE or key.startswith("seconds_") or key.endswith("_seconds")
 
 
 def _h_arrays(items: Iterable[tuple[str, np.ndarray]]) -> str:
@@ -77,41 +71,26 @@ def eval_digest(entry: EvalEntry) -> str:
     return arrays_digest(entry.arrays())
 
 
-def _stable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items() if not volatile(k)}
-    if isinstance(obj, list):
-        return [_stable(v) for v in obj]
-    return obj
-
-
-def values_digest(values: Any) -> str:
-    return hashlib.sha256(json.dumps(_stable(values), sort_keys=True, allow_nan=True)
-                          .encode()).hexdigest()
-
-
-def build(recipes: Iterable[Recipe], spec_key: str, store: Store | str | None = None,
+def compute(recipes: Iterable[Recipe], spec_key: str, store: Store | str | None = None,
           results_dir: Path | None = None, environment: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     """The manifest of ``recipes`` (their models and evaluations under ``spec_key``)
     and of every result file in ``results_dir``. Entries the store lacks are skipped."""
-    from . import records as R
     st = store if isinstance(store, Store) else Store(store)
     models, evals = {}, {}
     for r in dict.fromkeys(recipes):
         if st.has_model(r):
             e = st.model(r)
-            models[r.key()] = {"digest": model_digest(e), "metrics": _stable(e.metrics)}
+            models[r.key()] = {"digest": model_digest(e), "metrics": stable(e.metrics)}
         if st.has_eval(r, spec_key):
             e = st.eval(r, spec_key)
             evals[f"{r.key()}-{spec_key}"] = {"digest": eval_digest(e),
-                                              "metrics": _stable(e.metrics)}
-    rdir = Path(results_dir) if results_dir is not None else R.results_dir()
+                                              "metrics": stable(e.metrics)}
     res = {}
-    for p in sorted(rdir.glob("*.json")) if rdir.is_dir() else []:
+    for p in result_paths(results_dir):
         doc = json.loads(p.read_text())
-        res[p.stem] = {"profile": doc.get("profile"), "digest": values_digest(doc.get("values")),
-                       "values": _stable(doc.get("values"))}
+        res[p.stem] = {"profile": doc.get("profile"), "digest": content_digest(doc.get("values")),
+                       "values": stable(doc.get("values"))}
     return {"version": MANIFEST_VERSION, "spec_key": spec_key,
             "environment": environment or {}, "models": models, "evals": evals,
             "results": res}
@@ -209,8 +188,6 @@ class Report:
 
 
 def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
-    from .claims import all_verdicts
-    from .profiles import PROFILES
     vals = {k: v.get("values") for k, v in results.items()}
     names = {v.get("profile") for v in results.values()} - {None}
     prof = PROFILES.get(next(iter(names))) if len(names) == 1 else None
@@ -229,7 +206,6 @@ def results_folder(published: dict[str, Any]) -> tuple[Path | None, str]:
     the profile's latest build (CI checking its fresh rebuild against a committed
     manifest, whose build happened elsewhere). None when neither exists.
     """
-    from .build import builds_root, latest_build
     env = published.get("environment") or {}
     profile, bid = env.get("profile"), env.get("build")
     if not profile:
@@ -245,8 +221,7 @@ def results_folder(published: dict[str, Any]) -> tuple[Path | None, str]:
 
 def _damage(st: Store, section: str, key: str) -> tuple[Path, str]:
     """The entry folder of a manifest key, and what is wrong with it ("" if intact or absent)."""
-    from ..pipeline.store import check_entry
-    d = st.root / section / key[:2] / key  # the store names entries by these keys
+    d = st.entry_dir(section, key)  # the store names entries by these keys
     if not d.is_dir():
         return d, ""
     try:
@@ -265,7 +240,6 @@ def verify(published: dict[str, Any], store: Store | str | None = None,
     checks. ``results_dir`` (default: :func:`results_folder`) is the build's
     result folder to compare.
     """
-    from ..pipeline.store import read_only
     st = store if isinstance(store, Store) else Store(store)
     skey = published["spec_key"]
     if results_dir is None:
@@ -285,10 +259,10 @@ def verify(published: dict[str, Any], store: Store | str | None = None,
                     damaged[(section, key)] = problem
         recipes = []
         for k in published["models"]:
-            d = st.root / "models" / k[:2] / k
+            d = st.entry_dir("models", k)
             if ("models", k) not in damaged and (d / "recipe.json").is_file():
                 recipes.append(ModelEntry(d).recipe)
-        here = build(recipes, skey, st, results_dir)
+        here = compute(recipes, skey, st, results_dir)
     checks = []
     for kind, section in (("model", "models"), ("eval", "evals"), ("result", "results")):
         for key, pub in published[section].items():

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..analysis.evidence import ALPHA
+
 
 def learning_curves(histories: Sequence[Sequence[Mapping[str, float]]], labels: Sequence[str],
                     keys: Sequence[str] = ("train_loss", "test_acc_sample")):
@@ -65,8 +67,8 @@ def accuracy_spread(populations, reference=None, floors: Mapping[str, float] | N
     """Test accuracy of every factor population (rows: factors; a line from the lowest
     to the highest model, a dot at the mean), one panel per data set; the reference
     population's range as a grey band and the profile's floor as a dashed line.
-    ``populations``: :func:`rmpm.book.populations.population_accuracy`; ``reference``:
-    the summary of :func:`rmpm.book.populations.reference_accuracy`."""
+    ``populations``: :func:`rmpm.analysis.populations.population_accuracy`; ``reference``:
+    the summary of :func:`rmpm.analysis.populations.reference_accuracy`."""
     datasets = list(dict.fromkeys(populations["dataset"]))
     factors = list(dict.fromkeys(populations["factor"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets) + 1.4,
@@ -297,8 +299,8 @@ def scatter_by_factor(table, x: str, ys: Mapping[str, str], xlabel: str | None =
     return fig
 
 
-def claim_tests(tests, alpha: float = 0.05):
-    """The tests behind the verdicts (:func:`rmpm.book.claims.tests_table`): left, each
+def claim_tests(tests, alpha: float = ALPHA):
+    """The tests behind the verdicts (:func:`rmpm.analysis.verdicts.tests_table`): left, each
     estimate with its interval and the value it is tested against (|: null or
     threshold); right, its p-value (log scale) against alpha (solid) and the
     stricter level "partly" needs when a claim has several tests (dotted)."""
@@ -332,9 +334,9 @@ def claim_tests(tests, alpha: float = 0.05):
     return fig
 
 
-def calibration_chart(cal, alpha: float = 0.05):
+def calibration_chart(cal, alpha: float = ALPHA):
     """Rate at which each verdict level is reached under each simulated scenario
-    (:func:`rmpm.book.calibration.calibrate`): false-positive rates under the nulls
+    (:func:`rmpm.analysis.calibration.calibrate`): false-positive rates under the nulls
     (must stay left of alpha, the dashed line), each null of the family labelled
     by its noise model, and power under the alternative, with +-2 standard errors."""
     levels = list(dict.fromkeys(cal["level"]))

@@ -1,10 +1,10 @@
 """Where each figure and verdict of the book came from.
 
 Under every numbered figure (a captioned ``mystnb.figure`` cell) a post-processing
-step of the executed notebooks (like :func:`rmpm.book.build.show_parameters`, so no
+step of the executed notebooks (like :func:`rmpm.book.notebooks.show_parameters`, so no
 notebook carries it in its source) adds a compact markdown line; every row of the
 Claims page's verdict table carries the same kind of line
-(:func:`rmpm.book.claims.verdict_provenance`). A line names:
+(:func:`rmpm.book.claims_page.verdict_provenance`). A line names:
 
 - the notebook, with a download link to the executed ``.ipynb``;
 - the ``rmpm`` functions that computed it: for a figure, those its cell calls, read
@@ -12,7 +12,7 @@ Claims page's verdict table carries the same kind of line
   rmpm.book import plots as P`` makes ``P.rm_by_layer(...)``
   ``rmpm.book.plots.rm_by_layer``); for a verdict, the evidence function and the rule;
 - the chapter's result file and its **content digest**: the SHA-256 of the file's
-  ``values`` (:func:`rmpm.book.manifest.values_digest`), the digest the build's
+  ``values`` (:func:`rmpm.book.records.content_digest`), the digest the build's
   ``manifest.json`` lists and ``rmpm verify`` compares. Not the file's own SHA-256,
   which also covers the time the file was written, so it differs between two builds
   of the same numbers;
@@ -30,8 +30,11 @@ import html
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
+
+from .. import paths
 
 #: marks the added cells, so adding twice replaces rather than duplicates
 TAG = "rmpm-provenance"
@@ -98,29 +101,19 @@ def _position(source: str, name: str) -> int:
     return i if i >= 0 else len(source)
 
 
-def result_digest(path: str | Path) -> str | None:
-    """The content digest of result file ``path`` (None if it is not there): the
-    SHA-256 of its ``values`` as :func:`rmpm.book.manifest.values_digest` computes it."""
-    from .manifest import values_digest
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    return values_digest(doc.get("values"))
-
-
-def result_digests(results_dir: str | Path | None = None) -> dict[str, str]:
-    """Result name -> content digest, for every result file in ``results_dir``
-    (default: :func:`rmpm.book.records.results_dir`, the current build's)."""
-    from . import records
-    d = Path(results_dir) if results_dir is not None else records.results_dir()
-    return {p.stem: result_digest(p) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+def git_commit() -> str:
+    """The checkout's commit, marked when tracked files have uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=paths.repo_root()).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
 
 
 def current_commit() -> str:
     """The commit a book build runs from (``RMPM_COMMIT``, which the build passes to its
     kernels, so that every line of one build names the same commit), else the checkout's."""
-    from .build import git_commit
     return os.environ.get("RMPM_COMMIT") or git_commit()
 
 
@@ -162,7 +155,7 @@ def line(notebook: str, calls: list[str], result: str | None, digest: str | None
 def ident(name: str) -> str:
     """``name`` as inline code that may break after its dots (``<wbr>``), and anywhere
     when a part is still too long (the book's CSS, class ``rmpm-name``): a table cell is
-    narrower than ``rmpm.book.decisions.c1_evidence``. Raw HTML, since a Markdown code
+    narrower than ``rmpm.analysis.evidence.c1_evidence``. Raw HTML, since a Markdown code
     span cannot hold a break opportunity."""
     return ('<code class="docutils literal notranslate rmpm-name">'
             + ".<wbr>".join(html.escape(p) for p in name.split(".")) + "</code>")

@@ -4,7 +4,7 @@ reproducibility pages read: every number in those pages traces back to one.
 Where they go decides who can overwrite them, so:
 
 - a book build (``rmpm book``) gives every build its own folder,
-  ``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book`),
+  ``book/_generated/builds/<profile>/<build id>/results/`` (see :mod:`rmpm.book.builds`),
   passed to the notebooks' kernels in ``RMPM_RESULTS`` with the build id in
   ``RMPM_BUILD``; the book's pages read only that folder, and no later run
   writes into it;
@@ -23,34 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import paths
 from ..atomic import atomic_write_text
+from ..jsonable import jsonable
 
 #: the build id of results written outside a book build
 INTERACTIVE = "interactive"
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _clean(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def interactive_dir() -> Path:
@@ -84,7 +67,7 @@ def save(name: str, profile: str, values: dict[str, Any]) -> Path:
     path = d / f"{name}.json"
     atomic_write_text(path, json.dumps({"name": name, "profile": profile, "build": current_build(),
                                         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "values": _clean(values)}, indent=1, sort_keys=True))
+                                        "values": jsonable(values)}, indent=1, sort_keys=True))
     return path
 
 
@@ -95,11 +78,60 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def digests() -> dict[str, str]:
-    """SHA-256 of every result file, for the reproducibility page."""
-    d = results_dir()
-    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+def result_paths(folder: str | Path | None = None) -> list[Path]:
+    """Every result file in ``folder`` (default: :func:`results_dir`, the current
+    build's), by name."""
+    d = Path(folder) if folder is not None else results_dir()
+    return sorted(d.glob("*.json")) if d.is_dir() else []
+
+
+def file_digests(folder: str | Path | None = None) -> dict[str, str]:
+    """Result name -> SHA-256 of its file (which also covers when it was written)."""
+    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in result_paths(folder)}
+
+
+# -- content digests: what the manifest lists, `rmpm verify` compares and provenance names
+
+#: keys whose values are timings or provenance, not results
+VOLATILE = frozenset({"train_seconds", "group_train_seconds", "seconds", "written", "device",
+                      # whether a simulation came from the calibration cache: how, not what
+                      "cached"})
+
+
+def volatile(key: str) -> bool:
+    """A key holding a timing or provenance, not a result: :data:`VOLATILE`, and any
+    ``seconds_*`` / ``*_seconds`` timing (e.g. the calibration's cost)."""
+    return key in VOLATILE or key.startswith("seconds_") or key.endswith("_seconds")
+
+
+def stable(values: Any) -> Any:
+    """``values`` without its :func:`volatile` keys, at any depth."""
+    if isinstance(values, dict):
+        return {k: stable(v) for k, v in values.items() if not volatile(k)}
+    if isinstance(values, list):
+        return [stable(v) for v in values]
+    return values
+
+
+def content_digest(values: Any) -> str:
+    """The content digest of a result's ``values``: SHA-256 of their :func:`stable`
+    part as sorted JSON, so two builds of the same numbers have the same digest."""
+    return hashlib.sha256(json.dumps(stable(values), sort_keys=True, allow_nan=True)
+                          .encode()).hexdigest()
+
+
+def file_content_digest(path: str | Path) -> str | None:
+    """:func:`content_digest` of result file ``path``; None if it is not there."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    return content_digest(doc.get("values"))
+
+
+def content_digests(folder: str | Path | None = None) -> dict[str, str]:
+    """Result name -> :func:`content_digest`, for every result file in ``folder``."""
+    return {p.stem: file_content_digest(p) for p in result_paths(folder)}
 
 
 def values(name: str, profile: str) -> dict[str, Any] | None:

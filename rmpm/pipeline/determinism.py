@@ -74,6 +74,16 @@ def worker_env(deterministic: bool = True) -> dict[str, str]:
     return env
 
 
+def kernel_env(deterministic: bool = True) -> dict[str, str]:
+    """The environment of a process that computes result files from stored arrays (a
+    notebook's kernel): in deterministic mode pinned like the workers, plus OpenBLAS
+    (numpy's and scipy's linear algebra) pinned to its AVX2 kernels."""
+    env = worker_env(deterministic)
+    if deterministic:
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    return env
+
+
 def nanny_pre_spawn_env(deterministic: bool = True) -> dict[str, str]:
     """Dask's ``distributed.nanny.pre-spawn-environ`` with the mode's environment on
     top: what a nanny puts in place just before it spawns (or restarts) its worker.
@@ -163,6 +173,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector instruction sets (Linux: /proc/cpuinfo's ``avx*``, ``fma``,
+    ``amx*`` flags): what decides which kernels an unpinned library picks."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if f.startswith(("avx", "fma", "amx")))
+    except OSError:
+        pass
+    return []
 
 
 def library_versions() -> dict[str, str]:

@@ -212,7 +212,7 @@ def run(client, recipes: Sequence[Recipe], spec, store_root: str, device: str = 
     Training tasks go first (one per recipe, or per ensemble group); trained
     models are evaluated in chunks of at most ``eval_chunk`` as they finish, and a
     chunk is submitted early when workers would otherwise idle. A recipe another
-    process is computing (:mod:`rmpm.pipeline.claims`) comes back from its task
+    process is computing (:mod:`rmpm.pipeline.locks`) comes back from its task
     deferred and is submitted again, to wait for it, behind the other work.
 
     Raises :class:`EngineError` after everything else has finished if any recipe

@@ -17,7 +17,7 @@ import torch
 
 from . import determinism
 from .._checks import check_choice, check_range
-from .claims import work_through
+from .locks import work_through
 from .ensemble import group_recipes
 from .evaluate import EvalSpec
 from .recipe import Recipe, dedupe
@@ -57,6 +57,21 @@ def run_recipe(recipe: Recipe, spec: EvalSpec, store: Store | str | None = None,
                  lambda r: store.has_eval(r, skey),
                  lambda todo: evaluate_into(store, todo, spec, dev), wait=True)
     return RunResult(recipe, store.model(recipe), store.eval(recipe, skey), bool(trained))
+
+
+def preflight(datasets: Sequence[str], store: Store | str | None = None,
+              device: str | torch.device | None = None, device_name: str = "device") -> Store:
+    """What a run checks before any work, so that it fails in seconds rather than
+    after hours: the device exists (if given; an error names ``device_name``), the
+    store can be written (not read-only, not full) and every data set loads (all the
+    missing ones named at once). Returns the store."""
+    from .data import ensure
+    if device is not None:
+        resolve_device(device, name=device_name)
+    st = store if isinstance(store, Store) else Store(store)
+    st.check_writable()
+    ensure(list(dict.fromkeys(datasets)))
+    return st
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
@@ -131,7 +146,7 @@ def _run_in_process(recipes: Sequence[Recipe], spec: EvalSpec, store: Store, dev
                     progress: bool, summary: bool, engine: str, max_group: int,
                     eval_chunk: int) -> list[RunResult]:
     """:func:`run_recipes` in this process, one model (or group) at a time, each under
-    its claim (:mod:`rmpm.pipeline.claims`): what another process is computing is left
+    its claim (:mod:`rmpm.pipeline.locks`): what another process is computing is left
     for the end, then waited for. A store that cannot be written stops the run at the
     first write, saying what is stored."""
     unique = dedupe(recipes)

@@ -6,11 +6,11 @@ Layout (under :func:`rmpm.paths.store_root`)::
         recipe.json  metrics.json  history.json  meta.json  model.pt  manifest.json
     evals/<k[:2]>/<k>-<e>/       e = EvalSpec.key()
         spec.json  metrics.json  meta.json  arrays.npz  manifest.json
-    derived/<d[:2]>/<d>/         memoised measures (rmpm.book.populations)
+    derived/<d[:2]>/<d>/         memoised measures (rmpm.analysis.populations)
         measures.json  inputs.json  manifest.json
     quarantine/<kind>/<name>-<time>-<id>/   damaged entries, moved aside (never deleted)
     locks/<kind>/<k[:2]>/<name>.lock         claims of entries being computed now
-                                             (rmpm.pipeline.claims; no entries, never listed)
+                                             (rmpm.pipeline.locks; no entries, never listed)
 
 An entry is a directory that appears in one ``rename``: it is written in full
 into a hidden temporary sibling first, so a reader never sees a half-written
@@ -19,14 +19,15 @@ entry, a killed run leaves only a ``.tmp-*`` folder (ignored, and swept by
 harmless (the first rename wins, the second copy is discarded). There is no
 index file or other shared mutable state: the directory tree is the index.
 
-Integrity: ``manifest.json`` (written inside the same atomic commit) lists
-every file's size and SHA-256. ``has_model``/``has_eval`` check a whole entry
+Integrity: an entry's checksums file (``manifest.json``, a name older than the book's
+build manifests, kept so that existing stores stay readable), written inside the same
+atomic commit, lists every file's size and SHA-256. ``has_model``/``has_eval`` check a whole entry
 (once per process while its files are unchanged) and every read checks the
 bytes it loads, so a truncated, flipped, deleted or overwritten file is never
 used: the entry is moved to ``quarantine/`` with one warning naming it and the
-file, and the run recomputes it. Entries written before manifests existed
+file, and the run recomputes it. Entries written before checksums files existed
 ("legacy") are checked by parsing every file (JSON, ``torch.load``, every
-array of the ``.npz`` with its CRC); if they parse, a manifest is added in
+array of the ``.npz`` with its CRC); if they parse, a checksums file is added in
 place, otherwise they are quarantined like any damaged entry.
 """
 from __future__ import annotations
@@ -55,10 +56,10 @@ from ..atomic import atomic_write_text
 from .recipe import Recipe
 
 TMP_PREFIX = ".tmp-"
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+CHECKSUMS = "manifest.json"
+CHECKSUMS_VERSION = 1
 QUARANTINE = "quarantine"
-#: the files every committed entry of a kind must have (besides the manifest)
+#: the files every committed entry of a kind must have (besides the checksums file)
 REQUIRED = {
     "models": ("recipe.json", "metrics.json", "history.json", "meta.json", "model.pt"),
     "evals": ("spec.json", "metrics.json", "meta.json", "arrays.npz"),
@@ -129,22 +130,22 @@ def sha256_file(path: Path) -> str:
 
 
 def _entry_files(d: Path) -> list[Path]:
-    return sorted(f for f in d.iterdir() if f.is_file() and f.name != MANIFEST
+    return sorted(f for f in d.iterdir() if f.is_file() and f.name != CHECKSUMS
                   and not f.name.startswith("."))
 
 
-def write_manifest(d: Path) -> dict[str, Any]:
-    """Record size and SHA-256 of every file of entry folder ``d`` in its manifest."""
-    manifest = _manifest_of(d)
-    _write_json(d / MANIFEST, manifest)
-    return manifest
+def write_checksums(d: Path) -> dict[str, Any]:
+    """Record size and SHA-256 of every file of entry folder ``d`` in its checksums file."""
+    checksums = _checksums_of(d)
+    _write_json(d / CHECKSUMS, checksums)
+    return checksums
 
 
-def read_manifest(d: Path) -> dict[str, Any] | None:
-    """The manifest of entry ``d``; None for a legacy entry (none written); raises
+def read_checksums(d: Path) -> dict[str, Any] | None:
+    """The checksums file of entry ``d``; None for a legacy entry (none written); raises
     ``ValueError`` for an unreadable one."""
     try:
-        text = (d / MANIFEST).read_bytes()
+        text = (d / CHECKSUMS).read_bytes()
     except FileNotFoundError:
         return None
     try:
@@ -154,7 +155,7 @@ def read_manifest(d: Path) -> dict[str, Any] | None:
                    for v in files.values()):
             raise ValueError("bad file record")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{MANIFEST} is unreadable ({type(e).__name__})") from None
+        raise ValueError(f"{CHECKSUMS} is unreadable ({type(e).__name__})") from None
     return m
 
 
@@ -179,17 +180,17 @@ def kind_of(d: Path) -> str:
 
 def check_entry(d: Path, kind: str | None = None) -> tuple[list[str], bool]:
     """Problems of entry folder ``d`` (``"<file>: <what>"``, empty if intact), and
-    whether it is a legacy entry (no manifest; checked by parsing instead)."""
+    whether it is a legacy entry (no checksums file; checked by parsing instead)."""
     kind = kind or kind_of(d)
     required = REQUIRED.get(kind, ())
     if not d.is_dir():
         return [f"{d.name}: entry folder missing"], False
     try:
-        manifest = read_manifest(d)
+        checksums = read_checksums(d)
     except ValueError as e:
         return [str(e)], False
     problems = []
-    if manifest is None:  # legacy: written before manifests; parse what it has
+    if checksums is None:  # legacy: written before checksums files; parse what it has
         # (derived entries of that time had no inputs.json; their keys are no longer used)
         for name in (n for n in required if n != "inputs.json"):
             f = d / name
@@ -201,8 +202,8 @@ def check_entry(d: Path, kind: str | None = None) -> tuple[list[str], bool]:
             except Exception as e:  # any decoder error means the file is damaged
                 problems.append(f"{name}: does not parse ({type(e).__name__}: {str(e)[:80]})")
         return problems, True
-    files = manifest["files"]
-    problems += [f"{name}: not in {MANIFEST}" for name in required if name not in files]
+    files = checksums["files"]
+    problems += [f"{name}: not in {CHECKSUMS}" for name in required if name not in files]
     for name, rec in files.items():
         f = d / name
         if not f.is_file():
@@ -237,7 +238,7 @@ _READ_ONLY = [0]
 def read_only() -> Iterator[None]:
     """Within the block, reads change nothing in any store: a damaged entry is still
     refused (reported absent, or ``DamagedEntryError``) but stays where it is, and a
-    legacy entry gets no manifest. For checks a reader runs (``rmpm verify``)."""
+    legacy entry gets no checksums file. For checks a reader runs (``rmpm verify``)."""
     _READ_ONLY[0] += 1
     try:
         yield
@@ -261,7 +262,7 @@ def quarantine(d: Path, problems: list[str], reason: str = "damaged") -> Path | 
     _CHECKED.pop(str(d), None)
     # Between our check and the move, another process may have quarantined the
     # damaged copy and committed a good one: if what we moved is intact, put it back.
-    if reason == "damaged" and read_manifest_safe(dest) is not None \
+    if reason == "damaged" and read_checksums_safe(dest) is not None \
             and not check_entry(dest, kind)[0]:
         try:
             os.rename(dest, d)
@@ -274,9 +275,9 @@ def quarantine(d: Path, problems: list[str], reason: str = "damaged") -> Path | 
     return dest
 
 
-def read_manifest_safe(d: Path) -> dict[str, Any] | None:
+def read_checksums_safe(d: Path) -> dict[str, Any] | None:
     try:
-        return read_manifest(d)
+        return read_checksums(d)
     except ValueError:
         return None
 
@@ -284,7 +285,7 @@ def read_manifest_safe(d: Path) -> dict[str, Any] | None:
 def ensure_intact(d: Path, kind: str | None = None) -> bool:
     """True if entry ``d`` exists and passes its check; a damaged entry is
     quarantined (with a warning) and reported as absent, so the caller recomputes it.
-    A legacy entry that parses gets a manifest."""
+    A legacy entry that parses gets a checksums file."""
     key = str(d)
     if not d.is_dir():
         return False
@@ -309,37 +310,37 @@ def ensure_intact(d: Path, kind: str | None = None) -> bool:
 
 
 def _upgrade_legacy(d: Path) -> None:
-    atomic_write_text(d / MANIFEST, json.dumps(_manifest_of(d), indent=1, sort_keys=True))
+    atomic_write_text(d / CHECKSUMS, json.dumps(_checksums_of(d), indent=1, sort_keys=True))
 
 
-def _manifest_of(d: Path) -> dict[str, Any]:
-    return {"version": MANIFEST_VERSION,
+def _checksums_of(d: Path) -> dict[str, Any]:
+    return {"version": CHECKSUMS_VERSION,
             "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
                       for f in _entry_files(d)}}
 
 
 def read_verified(d: Path, name: str) -> bytes:
-    """The bytes of file ``name`` of entry ``d``, checked against the manifest
+    """The bytes of file ``name`` of entry ``d``, checked against the checksums file
     (a legacy entry's file is checked by parsing). A damaged entry is quarantined
     and ``DamagedEntryError`` names it, the file and the remedy."""
     problem = None
     try:
-        manifest = read_manifest(d)
+        checksums = read_checksums(d)
     except ValueError as e:
-        manifest, problem = None, str(e)
+        checksums, problem = None, str(e)
     data = None
     if problem is None:
         try:
             data = (d / name).read_bytes()
         except FileNotFoundError:
             problem = f"{name}: missing"
-    if problem is None and manifest is not None:
-        rec = manifest["files"].get(name)
+    if problem is None and checksums is not None:
+        rec = checksums["files"].get(name)
         if rec is None:
-            problem = f"{name}: not in {MANIFEST}"
+            problem = f"{name}: not in {CHECKSUMS}"
         elif len(data) != rec["size"] or sha256_bytes(data) != rec["sha256"]:
             problem = f"{name}: does not match its manifest (truncated or corrupted)"
-    if problem is None and manifest is None:
+    if problem is None and checksums is None:
         try:
             _parse_check(d / name)
         except Exception as e:
@@ -384,7 +385,7 @@ def write_error(e: OSError, where: Path) -> StoreWriteError:
 
 def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
     """Create directory ``final`` atomically: ``write(tmp)`` fills a temp dir, a
-    manifest of its files' SHA-256 is added, then one rename publishes it.
+    checksums file of its files' SHA-256 is added, then one rename publishes it.
 
     If ``final`` already exists intact (another worker won the race) the new copy
     is dropped; a damaged one is quarantined and replaced. If ``write`` raises,
@@ -401,7 +402,7 @@ def commit_dir(final: Path, write: Callable[[Path], None]) -> Path:
         raise
     try:
         write(tmp)
-        write_manifest(tmp)
+        write_checksums(tmp)
         _fsync_dir_tree(tmp)
         for attempt in range(2):
             try:
@@ -435,10 +436,10 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def entry_digest(d: Path) -> str:
     """One SHA-256 for an entry's content (its files' digests, except meta.json's
     timestamps): what derived results record about their inputs."""
-    manifest = read_manifest(d)
-    if manifest is None:
+    checksums = read_checksums(d)
+    if checksums is None:
         return files_digest({f.name: sha256_file(f) for f in _entry_files(d)})
-    return files_digest({k: v["sha256"] for k, v in manifest["files"].items()})
+    return files_digest({k: v["sha256"] for k, v in checksums["files"].items()})
 
 
 def files_digest(files: dict[str, str]) -> str:
@@ -546,16 +547,29 @@ class Store:
         return f"Store({str(self.root)!r})"
 
     # -- paths -----------------------------------------------------------
+    def entry_dir(self, kind: str, name: str) -> Path:
+        """Where entry ``name`` of ``kind`` (``models``, ``evals``, ``derived``) lives:
+        ``<root>/<kind>/<name[:2]>/<name>`` (see the module docstring)."""
+        return self.root / kind / name[:2] / name
+
     def model_dir(self, recipe: Recipe) -> Path:
-        k = recipe.key()
-        return self.root / "models" / k[:2] / k
+        return self.entry_dir("models", recipe.key())
 
     def eval_dir(self, recipe: Recipe, spec_key: str) -> Path:
-        k = recipe.key()
-        return self.root / "evals" / k[:2] / f"{k}-{spec_key}"
+        return self.entry_dir("evals", f"{recipe.key()}-{spec_key}")
 
     def derived_dir(self, key: str) -> Path:
-        return self.root / "derived" / key[:2] / key
+        return self.entry_dir("derived", key)
+
+    def commit_files(self, kind: str, name: str, files: dict[str, bytes]) -> Path:
+        """Commit entry ``name`` of ``kind`` from its files' bytes (e.g. a result
+        archive's members), atomically and checksummed like every entry
+        (:func:`commit_dir`); a checksums file among ``files`` is written anew."""
+        def write(d: Path) -> None:
+            for n, data in files.items():
+                if n != CHECKSUMS:
+                    (d / n).write_bytes(data)
+        return commit_dir(self.entry_dir(kind, name), write)
 
     # -- models ------------------------------------------------------------
     def has_model(self, recipe: Recipe) -> bool:
@@ -655,7 +669,7 @@ class Store:
     def verify(self, repair: bool = False) -> list[EntryReport]:
         """Check every entry (all files hashed, nothing taken from the per-process
         memo). With ``repair`` damaged entries go to quarantine (the next run
-        recomputes them) and legacy entries that parse get a manifest."""
+        recomputes them) and legacy entries that parse get a checksums file."""
         out = []
         for d in self.entry_dirs():
             problems, legacy = check_entry(d)

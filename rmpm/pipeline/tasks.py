@@ -82,14 +82,14 @@ def resident_data(dataset: str, dev) -> TrainData:
 def train_task(recipes: list[Recipe], store_root: str, device: str, engine: str,
                deterministic: bool, wait: bool = False) -> dict[str, list[str]]:
     """Train ``recipes`` (one, or one ensemble group) unless stored, each under its claim
-    (:mod:`rmpm.pipeline.claims`). Returns the keys this task ``"trained"`` and those it
+    (:mod:`rmpm.pipeline.locks`). Returns the keys this task ``"trained"`` and those it
     ``"deferred"`` because another process is training them; with ``wait`` it waits
     for those instead, and trains any whose claim its holder gave up (it died).
 
     A store that cannot be written comes back as ``"store_error"`` rather than as the
     task's failure: the driver stops the run on it, and no worker logs a traceback
     for what is not a bug."""
-    from .claims import work_through
+    from .locks import work_through
     determinism.enter(deterministic)
     store = Store(store_root)
 
@@ -113,7 +113,7 @@ def eval_task(recipes: list[Recipe], spec, store_root: str, device: str,
     Several models per task, so each corrupted test set is generated once per chunk
     (the numbers do not depend on the chunk: each model is evaluated on its own).
     """
-    from .claims import work_through
+    from .locks import work_through
     determinism.enter(deterministic)
     store = Store(store_root)
     skey = spec.key()

@@ -29,7 +29,7 @@ CURVE_TEST_SIZE = 1000
 #: batch's activations stay in the CPU's caches: the same 10,000 Fashion-MNIST
 #: images pass through the default CNN in 0.68x the time in batches of 250 as in
 #: batches of 1,000, with bit-identical outputs (every input is computed on its
-#: own; tests/test_train.py checks the identity)
+#: own; tests/pipeline/test_train.py checks the identity)
 EVAL_BATCH = 256
 #: dropout masks come from the global RNG seeded with ``order_seed + DROPOUT_SEED_OFFSET``
 #: (an offset, so that dropout and the data order are not the same random stream)

@@ -2,9 +2,9 @@
 
 Each function here turns the table a chapter builds into a small, typed
 *evidence* record (a frozen dataclass), which the chapter saves and
-:mod:`rmpm.book.claims` turns into a verdict. The statistics themselves are
+:mod:`rmpm.analysis.verdicts` turns into a verdict. The statistics themselves are
 array functions (``*_core``) that take a stack of simulations as well as one
-table, so :mod:`rmpm.book.calibration` runs exactly this code, vectorised, and
+table, so :mod:`rmpm.analysis.calibration` runs exactly this code, vectorised, and
 the false-positive rates printed beside the verdicts are those of this code.
 
 Units and nulls (the choices are ours; the paper's text is not available). The
@@ -62,11 +62,12 @@ import pandas as pd
 from scipy import stats as _st
 
 from .._checks import check_choice, check_range
+from ..jsonable import jsonable
+from .factors import BLOCK, block_matrix
 
 #: Default significance level of every rule.
 ALPHA = 0.05
-BLOCK = ("dataset", "replicate")
-ALTERNATIVES = ("greater", "less")
+DIRECTIONS = ("greater", "less")
 
 
 # ----------------------------------------------------------------------------- typed records
@@ -79,7 +80,7 @@ class Evidence:
     """
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -106,20 +107,6 @@ def _evidence_type(t) -> type | None:
         if isinstance(cand, type) and issubclass(cand, Evidence):
             return cand
     return None
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Evidence):
-        return v.to_dict()
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 def _f(x) -> float | None:
@@ -229,11 +216,6 @@ class C1Evidence(Evidence):
         return (2.0 if self.exact else 1.0) / self.n_flips
 
 
-def _block_matrix(table: pd.DataFrame, value: str, blocks=BLOCK) -> pd.DataFrame:
-    from .factor_analysis import block_matrix
-    return block_matrix(table, value, blocks)
-
-
 def factor_effect_size(matrix) -> float | None:
     """SD of the factor (column) effects over the residual SD, from the two-way
     ANOVA without interaction of a blocks x factors matrix: ``sqrt(max(0, (MS_f -
@@ -267,7 +249,7 @@ def c1_evidence(table: pd.DataFrame, value: str = "rm_adj", baseline: str = C1_B
     """C1's evidence from a factor table (one row per data set, factor, replicate)."""
     from ..measures.stats import kendalls_w
     check_range("level", level, 0.0, 1.0, lo_open=True)
-    m = _block_matrix(table, value)
+    m = block_matrix(table, value, BLOCK)
     n_blocks, n_factors = m.shape
     if n_factors < 2:
         raise ValueError(f"C1 needs at least 2 factors; got {n_factors}")
@@ -515,7 +497,7 @@ def association(table: pd.DataFrame, x: str, y: str, control: str | None = None,
     statistic used before cross-fitting; shared noise then makes associations, so
     it is kept only to show that, in the tests).
     """
-    check_choice("alternative", alternative, ALTERNATIVES)
+    check_choice("alternative", alternative, DIRECTIONS)
     check_range("n_perm", n_perm, 1, integer=True)
     check_range("n_boot", n_boot, 0, integer=True)
     check_range("level", level, 0.0, 1.0, lo_open=True)
@@ -631,7 +613,7 @@ class C2Evidence(Evidence):
 
 def c2_evidence(small: pd.DataFrame, n_small: int, n_perm: int = 2000, n_boot: int = 1000,
                 seed: int = 0) -> C2Evidence:
-    """C2's evidence from :func:`rmpm.book.finite_samples.small_sample_table` (one row per
+    """C2's evidence from :func:`rmpm.analysis.finite_samples.small_sample_table` (one row per
     population, with its dataset, factor and replicate). Predictions whose
     target is missing (no corruptions stored) are None; a data set where a column
     is NaN (RM with every layer flagged) is left out of that prediction (its

@@ -1,7 +1,7 @@
 """Finite samples (experiment 6, claim C2): how many inputs and models RM and PM need,
 and whether RM/PM measured on a small i.i.d. sample predict OOD behaviour.
 
-Every function takes plain arrays (or a :class:`~rmpm.book.populations.PopulationData`)
+Every function takes plain arrays (or a :class:`~rmpm.analysis.populations.PopulationData`)
 and returns a DataFrame or dict, so that the notebook only tabulates and plots.
 
 Conventions
@@ -421,7 +421,7 @@ def small_sample_measures(data, n_small: int, keep=0.99, conv: str = "pool") -> 
     """RM, PM and accuracy of one population on the first ``n_small`` test inputs, and
     the targets on the *other* inputs of the stored sample.
 
-    ``data`` is a :class:`~rmpm.book.populations.PopulationData`. Keys:
+    ``data`` is a :class:`~rmpm.analysis.populations.PopulationData`. Keys:
     ``rm_small`` (chance-adjusted RM, ``RM / RM of row-permuted activations``,
     mean over hidden layers: at small samples SVCCA's floor moves with the kept
     dimensions, so raw RM would partly rank dimensions; :func:`small_sample_table`
@@ -493,7 +493,7 @@ def small_sample_table(populations: Sequence[tuple[Mapping[str, Any], Any]], n_s
 
     Per data set (``meta["dataset"]``, if given), a hidden layer whose kept SVCCA
     dimensions fill ``max_fill`` (default
-    :data:`rmpm.book.populations.MAX_FILL`) of the small sample's centred space in
+    :data:`rmpm.analysis.populations.MAX_FILL`) of the small sample's centred space in
     any population is flagged, and ``rm_small`` and ``rm_small_raw`` are recomputed
     over the others (``rm_small_layers``, ``flagged_small``). If every layer is
     flagged they are NaN: RM on this few inputs measures the sample, not the
@@ -591,7 +591,7 @@ def generalisation_predictors(small: pd.DataFrame, n_boot: int = 1000, level: fl
     over whole *factors* resampled (a factor's replicates share its recipe).
     Predictor and target come from the same models, as a user predicting *their*
     models' generalisation would have them; it answers the abstract's question
-    descriptively (the test of C2 is :func:`rmpm.book.decisions.c2_evidence`)."""
+    descriptively (the test of C2 is :func:`rmpm.analysis.evidence.c2_evidence`)."""
     stats.check_boot(n_boot, level)
     rows = []
     for i, (pname, x) in enumerate(PREDICTORS.items()):

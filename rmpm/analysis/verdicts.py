@@ -1,12 +1,12 @@
 """Verdicts on the paper's claims, from the typed evidence the chapters saved.
 
-Each chapter computes its claim's evidence with :mod:`rmpm.book.decisions` and saves
+Each chapter computes its claim's evidence with :mod:`rmpm.analysis.evidence` and saves
 it (``to_dict``) in its result file under the key ``"evidence"``; the Claims
 page reads it back with the strict ``from_dict`` (a missing or renamed field is
 an error, not a silent change of verdict) and applies the rules below. The
 rules are ours (the paper states its claims qualitatively). Each verdict level
 is a test decision whose false-positive rate under the claim's null is at most
-``alpha``; :mod:`rmpm.book.calibration` measures it by simulation through this code
+``alpha``; :mod:`rmpm.analysis.calibration` measures it by simulation through this code
 (the ``*_level`` functions take arrays, so the simulations run the very rules
 the verdicts use).
 
@@ -42,9 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import decisions
-from .decisions import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
-    ExcessDisagreement, direction_holds
+from .evidence import ALPHA, Association, C1Evidence, C2Evidence, C3Evidence, C4Evidence, \
+    ExcessDisagreement, c1_evidence, c2_evidence, c3_evidence, c4_evidence, direction_holds
 
 SUPPORTED, PARTLY, NOT_SUPPORTED = "supported", "partly", "not supported"
 NOT_TESTED, NOT_EVIDENCE = "not tested", "not evidence"
@@ -261,26 +260,18 @@ def verdict_c4(ev: C4Evidence | None, alpha: float = ALPHA) -> Verdict:
     return Verdict(claim, LEVEL_NAMES["C4"][level], result, evidence)
 
 
-RULES = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4}
+VERDICT_RULES = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4}
 #: the decision rule behind each verdict function, on arrays (what the calibration runs)
 LEVEL_RULES = {"C1": c1_level, "C2": c2_level, "C3": c3_level, "C4": c4_level}
-#: the function each claim's chapter computes its evidence with (tests/test_book_provenance.py
+#: the function each claim's chapter computes its evidence with (tests/book/test_book_provenance.py
 #: checks that the chapter's notebook calls it)
-EVIDENCE_FUNCTIONS = {"C1": decisions.c1_evidence, "C2": decisions.c2_evidence,
-                      "C3": decisions.c3_evidence, "C4": decisions.c4_evidence}
+EVIDENCE_FUNCTIONS = {"C1": c1_evidence, "C2": c2_evidence, "C3": c3_evidence,
+                      "C4": c4_evidence}
 
 
 #: every chapter whose result file the Claims page reads (all but chapter 1's check)
 RESULT_CHAPTERS = ("02_populations", "03_rm_by_factor", "04_pm_iid_ood", "05_rm_vs_pm",
                    "06_finite_samples", "07_exposing_multiplicity")
-
-
-def chapter_results(profile: str) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
-    """The saved result values of :data:`RESULT_CHAPTERS` for ``profile`` in the
-    current build (None where a chapter has not run), and the missing chapters."""
-    from . import records
-    found = {name: records.values(name, profile) for name in RESULT_CHAPTERS}
-    return found, [n for n, v in found.items() if v is None]
 
 
 def evidence_from_results(results_by_chapter: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
@@ -306,7 +297,7 @@ def all_verdicts(results_by_chapter: dict[str, dict[str, Any] | None], alpha: fl
     no verdict."""
     ev = evidence_from_results(results_by_chapter)
     out = []
-    for c, rule in RULES.items():
+    for c, rule in VERDICT_RULES.items():
         v = rule(ev[c], alpha)
         if not evidence and v.verdict != NOT_TESTED:
             v = Verdict(v.claim, NOT_EVIDENCE, v.result,
@@ -360,7 +351,7 @@ def tests_table(evidence: dict[str, Any], alpha: float = ALPHA) -> pd.DataFrame:
 
 def observed_effects(evidence: dict[str, Any]) -> dict[str, float]:
     """Each claim's effect size as this build measured it, in the units of
-    :data:`rmpm.book.calibration.ALTERNATIVES` (for the power at the observed effect):
+    :data:`rmpm.analysis.calibration.POWER_EFFECTS` (for the power at the observed effect):
     C1 the factor-effect SD over the residual SD, C2 the mean of the three partial
     associations in their expected directions, C3 the i.i.d. association, C4 the
     i.i.d. excess disagreement. Claims without evidence, or with an effect of the
@@ -379,49 +370,3 @@ def observed_effects(evidence: dict[str, Any]) -> dict[str, float]:
     if e4 is not None and e4.iid.estimate > 0:
         out["C4"] = float(e4.iid.estimate)
     return out
-
-
-# -- where each verdict came from ---------------------------------------------------------
-
-def verdict_provenance(build: str | None = None, commit: str | None = None,
-                       results_dir=None) -> dict[str, dict[str, Any]]:
-    """Per claim, where its verdict comes from: the chapter whose notebook computed the
-    evidence, the evidence function, the rules (the verdict function and its decision
-    rule on arrays), the chapter's result file and its content digest (as the manifest
-    lists it), the build and the commit (default: the current build's,
-    :func:`rmpm.book.records.current_build` and
-    :func:`rmpm.book.provenance.current_commit`)."""
-    from . import records
-    from .provenance import current_commit, qualname, result_digests
-    digests = result_digests(results_dir)
-    build = build or records.current_build()
-    commit = commit or current_commit()
-    return {c: {"chapter": chapter, "evidence": qualname(EVIDENCE_FUNCTIONS[c]),
-                "rules": [qualname(RULES[c]), qualname(LEVEL_RULES[c])],
-                "result": chapter, "digest": digests.get(chapter), "build": build,
-                "commit": commit}
-            for c, chapter in CHAPTER.items()}
-
-
-def _cell(text: str) -> str:
-    # a Markdown table cell: one line, no column separators
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def verdict_table(verdicts: list[Verdict], provenance: dict[str, dict[str, Any]]) -> str:
-    """The Claims page's verdict table as MyST Markdown: the claim, the verdict with why,
-    the result, and where the verdict came from (:func:`verdict_provenance`, one
-    :func:`rmpm.book.provenance.verdict_line` per row). Each row carries the HTML id the
-    reproducibility page links to (:func:`rmpm.book.provenance.verdict_anchor`). Four
-    columns, not five: a provenance column beside five text columns did not fit the page."""
-    from .provenance import verdict_anchor, verdict_line
-    rows = ["| claim | verdict, and why | result | provenance |", "|---|---|---|---|"]
-    for v in verdicts:
-        key = v.claim.split(":")[0]
-        pv = provenance[key]
-        where = verdict_line(pv["chapter"], pv["evidence"], pv["rules"], pv["result"],
-                             pv["digest"], pv["build"], pv["commit"])
-        rows.append(f'| <span id="{verdict_anchor(key)}"></span>{_cell(v.claim)} | '
-                    f"**{_cell(v.verdict)}** <br>{_cell(v.evidence)} | {_cell(v.result)} | "
-                    f"{_cell(where)} |")
-    return "\n".join(rows)

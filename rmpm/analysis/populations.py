@@ -18,6 +18,7 @@ from .._checks import check_choice, check_range
 from ..pipeline.evaluate import EvalSpec, act_key, layers_in, pred_key, shifts_in
 from ..pipeline.recipe import FACTORS, Population, Recipe, dedupe, unique_recipes, vary
 from ..pipeline.runs import RunResult, run_recipes
+from ..pipeline.runs import shard as shard_recipes
 from ..pipeline.store import Store
 from .profiles import Profile, get_profile
 
@@ -88,10 +89,12 @@ def factor_populations(profile: str | Profile, dataset: str | None = None,
 
 
 def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = None,
-                    factors: Sequence[str] | None = None,
-                    reference_only: bool = False) -> list[Recipe]:
+                    factors: Sequence[str] | None = None, reference_only: bool = False,
+                    shard: tuple[int, int] | None = None) -> list[Recipe]:
     """Every recipe the profile's experiments need, once each, in a fixed order
-    (per data set: the reference population, then each factor's populations)."""
+    (per data set: the reference population, then each factor's populations);
+    with ``shard=(i, n)`` only part ``i`` of ``n`` of them
+    (:func:`rmpm.pipeline.runs.shard`, one job of a job array)."""
     p = get_profile(profile)
     recipes: list[Recipe] = []
     for ds in datasets or p.datasets:
@@ -100,7 +103,8 @@ def profile_recipes(profile: str | Profile, datasets: Sequence[str] | None = Non
         if not reference_only:
             for pops in factor_populations(p, ds, factors).values():
                 recipes += unique_recipes(pops)
-    return dedupe(recipes)
+    recipes = dedupe(recipes)
+    return recipes if shard is None else shard_recipes(recipes, *shard)
 
 
 #: set by the book build for the notebooks' kernels once it has trained the
@@ -116,12 +120,14 @@ def trained_by_build(profile: str | Profile) -> bool:
 def train_profile(profile: str | Profile, datasets: Sequence[str] | None = None,
                   factors: Sequence[str] | None = None, reference_only: bool = False,
                   device: str = "auto", store: Store | str | None = None,
-                  progress: bool = True, **engine: Any) -> list[RunResult]:
-    """Train and evaluate every model the profile's experiments need (resumable).
+                  progress: bool = True, shard: tuple[int, int] | None = None,
+                  **engine: Any) -> list[RunResult]:
+    """Train and evaluate every model the profile's experiments need (resumable), or
+    the part of them that ``shard`` names (see :func:`profile_recipes`).
 
     ``engine``: ``deterministic``, ``workers``, ``scheduler`` as for
     :func:`rmpm.pipeline.runs.run_recipes`."""
-    recipes = profile_recipes(profile, datasets, factors, reference_only)
+    recipes = profile_recipes(profile, datasets, factors, reference_only, shard)
     return run_recipes(recipes, eval_spec(profile), store, device=device, progress=progress,
                        **engine)
 
@@ -328,9 +334,19 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     ``disagree_ood``; accuracies ``acc_iid``, ``acc_ood`` (means over models),
     ``gap`` (train - test accuracy), and the spread of test accuracy ``acc_iid_range``.
     """
-    from ..measures import multiplicity as PM
-    from ..measures import similarity as SIM
     out: dict[str, Any] = {"n_models": data.n_models}
+    out.update(_rm_measures(data, keep, conv, cross_checks))
+    out.update(_pm_measures(data))
+    out.update(_accuracies(data))
+    return out
+
+
+def _rm_measures(data: PopulationData, keep: float, conv: str,
+                 cross_checks: bool) -> dict[str, Any]:
+    """The RM keys of :func:`population_measures`: per layer, the cross-checks on the
+    hidden layers, then the model-level means."""
+    from ..measures import similarity as SIM
+    out: dict[str, Any] = {}
     layers = data.layers()
     hidden = hidden_layers(layers)
     acts = {layer: data.activations(layer, conv) for layer in layers}
@@ -358,9 +374,15 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
             for layer, sim in SIM.pairwise_layers(what, measure, kept).items():
                 out[f"{name}:{layer}"] = SIM.representational_multiplicity(sim)
     out.update(layer_means(out, hidden, layers))
+    return out
+
+
+def _pm_measures(data: PopulationData) -> dict[str, Any]:
+    """The PM keys of :func:`population_measures`: i.i.d., every shift, their means."""
+    from ..measures import multiplicity as PM
     p_iid = data.probs("iid")
-    out["pm:iid"] = PM.prediction_variance(p_iid)
-    out["disagree:iid"] = PM.mean_disagreement(p_iid)
+    out: dict[str, Any] = {"pm:iid": PM.prediction_variance(p_iid),
+                           "disagree:iid": PM.mean_disagreement(p_iid)}
     pm_ood, dis_ood = [], []
     for kind, sev in data.shifts():
         p = data.probs(kind, sev)
@@ -371,10 +393,15 @@ def population_measures(data: PopulationData, keep: float = 0.99, conv: str = "p
     if pm_ood:
         out["pm_ood"] = float(np.mean(pm_ood))
         out["disagree_ood"] = float(np.mean(dis_ood))
+    return out
+
+
+def _accuracies(data: PopulationData) -> dict[str, float]:
+    """The accuracy keys of :func:`population_measures` (means over the models)."""
     m = data.metrics
-    out["acc_iid"] = float(m["test_acc"].mean())
-    out["acc_iid_range"] = float(m["test_acc"].max() - m["test_acc"].min())
-    out["gap"] = float(m["gap"].mean())
+    out = {"acc_iid": float(m["test_acc"].mean()),
+           "acc_iid_range": float(m["test_acc"].max() - m["test_acc"].min()),
+           "gap": float(m["gap"].mean())}
     if "ood_acc" in m:
         out["acc_ood"] = float(m["ood_acc"].mean())
     return out
@@ -512,10 +539,10 @@ def cached_population_measures(pop: Population, profile: str | Profile, conv: st
     computed from (``inputs.json``); when those differ from the store's current
     entries (one was damaged and recomputed, say) the stale measures are moved
     to quarantine and recomputed. Its files are checked like every store entry.
-    It is computed under its claim (:mod:`rmpm.pipeline.claims`), so another build
+    It is computed under its claim (:mod:`rmpm.pipeline.locks`), so another build
     on the same store computing it is waited for, not repeated.
     """
-    from ..pipeline.claims import work_through
+    from ..pipeline.locks import work_through
     from ..pipeline.store import (DamagedEntryError, commit_dir, ensure_intact, kind_of, quarantine,
                         read_verified)
     p = get_profile(profile)

@@ -1,4 +1,4 @@
-"""Analyses of the factor table (:func:`rmpm.book.populations.factor_table`) for the
+"""Analyses of the factor table (:func:`rmpm.analysis.populations.factor_table`) for the
 results chapters: RM by training difference (C1), PM under shift, RM vs PM (C3).
 
 Everything here is a pure function of DataFrames/arrays, so the notebooks only
@@ -29,55 +29,17 @@ from scipy import stats as _st
 from ..measures import stats
 from .._checks import check_choice, check_range
 from ..pipeline.evaluate import pred_key, shifts_in
-from ..pipeline.recipe import FACTORS
-
-#: Factors whose populations differ only in random seeds, on the same data.
-SEED_FACTORS = ("init_seed", "order_seed", "both_seeds")
-#: Factors that change which training data a model sees.
-DATA_FACTORS = ("subset_seed",)
-BLOCK = ("dataset", "replicate")
-
-
-#: Factors that change the architecture, so their models cannot share initial weights.
-ARCH_FACTORS = ("width",)
-
-
-def shares_initialisation(factor: str) -> bool:
-    """Whether the models of one population of ``factor`` start from the same
-    initial weights: the factor sets neither the initialisation seed nor the
-    architecture (9 of the 12 protocol factors). Their RM is then smaller than a
-    fresh seed's for that reason alone, and their noise shares the replicate's
-    initialisation."""
-    check_choice("factor", factor, FACTORS)
-    return "init_seed" not in FACTORS[factor].fields and factor not in ARCH_FACTORS
-
-
-def factor_group(factor: str) -> str:
-    """``"seeds"`` (only seeds differ), ``"data"`` (different training data) or
-    ``"hyperparameters"`` (a recipe setting differs, seeds held fixed)."""
-    check_choice("factor", factor, FACTORS)
-    if factor in SEED_FACTORS:
-        return "seeds"
-    if factor in DATA_FACTORS:
-        return "data"
-    return "hyperparameters"
-
-
-def _need_columns(table: pd.DataFrame, cols: Sequence[str]) -> None:
-    missing = [c for c in cols if c not in table.columns]
-    if missing:
-        raise KeyError(f"the table has no column(s) {', '.join(missing)}; "
-                       f"columns: {', '.join(map(str, table.columns))}")
-
+from .factors import BLOCK, block_matrix, factor_group, need_columns
 
 # -- tidy tables --------------------------------------------------------------
+
 
 def layer_names(table: pd.DataFrame, dataset: str | None = None) -> list[str]:
     """Probe layers with an ``rm:<layer>`` value (for ``dataset``, if given), in
     network order.
 
     The order comes from the ``layers`` column (comma-separated, written by
-    :func:`rmpm.book.populations.factor_table`) when the rows agree on it. Column order
+    :func:`rmpm.analysis.populations.factor_table`) when the rows agree on it. Column order
     is not enough: after concatenating the tables of two data sets with different
     architectures, a layer name both share (e.g. ``logits``) keeps the first
     table's position. Without a ``layers`` column, column order is used.
@@ -98,7 +60,7 @@ def layer_names(table: pd.DataFrame, dataset: str | None = None) -> list[str]:
 
 def rm_long(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (data set, factor, replicate, layer) with its ``rm``."""
-    _need_columns(table, ["dataset", "factor", "replicate"])
+    need_columns(table, ["dataset", "factor", "replicate"])
     parts = []
     for ds, t in table.groupby("dataset", sort=False):
         for layer in layer_names(t):
@@ -107,33 +69,13 @@ def rm_long(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def block_matrix(table: pd.DataFrame, value: str = "rm", blocks: Sequence[str] = BLOCK,
-                 treatment: str = "factor") -> pd.DataFrame:
-    """Blocks x treatments matrix of ``value`` (rows: e.g. (data set, replicate);
-    columns: factors, in order of first appearance). Every cell must be filled
-    exactly once: the Friedman test and the paired bootstrap need complete blocks."""
-    _need_columns(table, [*blocks, treatment, value])
-    dup = table.duplicated([*blocks, treatment])
-    if dup.any():
-        raise ValueError(f"more than one row per ({', '.join(blocks)}, {treatment}); "
-                         f"e.g. {table.loc[dup, [*blocks, treatment]].iloc[0].to_dict()}")
-    order = list(dict.fromkeys(table[treatment]))
-    m = table.pivot_table(index=list(blocks), columns=treatment, values=value,
-                          aggfunc="first", dropna=False, sort=False)[order]
-    if m.isna().any().any():
-        bad = m.columns[m.isna().any()].tolist()
-        raise ValueError(f"incomplete blocks: {value!r} is missing for {treatment}(s) "
-                         f"{', '.join(map(str, bad))} in some block")
-    return m
-
-
 def pm_long(table: pd.DataFrame, prefix: str = "pm") -> pd.DataFrame:
     """One row per (data set, factor, replicate, kind, severity) with ``pm``.
 
     The i.i.d. test set is ``kind="iid"``, ``severity=0``; shifts come from the
     ``<prefix>:<kind>:<severity>`` columns of the factor table.
     """
-    _need_columns(table, ["dataset", "factor", "replicate", f"{prefix}:iid"])
+    need_columns(table, ["dataset", "factor", "replicate", f"{prefix}:iid"])
     keys = ["dataset", "factor", "replicate"]
     parts = [table[keys].assign(kind="iid", severity=0, pm=table[f"{prefix}:iid"].to_numpy())]
     for kind, sev in shifts_in(table.columns, prefix):
@@ -258,7 +200,7 @@ def format_intervals(frames: Mapping[str, pd.DataFrame], digits: int = 4) -> pd.
     check_range("digits", digits, 0, integer=True)
     out = {}
     for name, f in frames.items():
-        _need_columns(f, ["estimate", "low", "high"])
+        need_columns(f, ["estimate", "low", "high"])
         out[name] = [f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
                      for e, lo, hi in zip(f["estimate"], f["low"], f["high"])]
     first = next(iter(frames.values()))
@@ -353,7 +295,7 @@ def measure_agreement(table: pd.DataFrame, reference: str = "rm_adj",
 def severity_matrix(long: pd.DataFrame) -> pd.DataFrame:
     """Populations x severities: PM averaged over corruption kinds at each
     severity (severity 0 = i.i.d.). Index: (dataset, factor, replicate)."""
-    _need_columns(long, ["dataset", "factor", "replicate", "severity", "pm"])
+    need_columns(long, ["dataset", "factor", "replicate", "severity", "pm"])
     m = long.pivot_table(index=["dataset", "factor", "replicate"], columns="severity",
                          values="pm", aggfunc="mean", sort=False)
     m = m[sorted(m.columns)]
@@ -468,7 +410,7 @@ def centre_within(table: pd.DataFrame, cols: Sequence[str], by: str = "dataset")
     """Copy of ``table`` with ``cols`` centred within each ``by`` group, so that
     a pooled correlation reflects only within-data-set covariation, not
     differences in level between data sets."""
-    _need_columns(table, [by, *cols])
+    need_columns(table, [by, *cols])
     out = table.copy()
     for c in cols:
         out[c] = table[c] - table.groupby(by, sort=False)[c].transform("mean")
@@ -511,7 +453,7 @@ def rm_pm_correlations(table: pd.DataFrame, x: str = "rm",
     centring, which changes nothing.
     """
     ys = dict(ys or {"iid": "pm:iid", "ood": "pm_ood"})
-    _need_columns(table, ["dataset", x, *ys.values()])
+    need_columns(table, ["dataset", x, *ys.values()])
     t = table.dropna(subset=[x, *ys.values()])
     if len(t) < len(table):
         raise ValueError(f"{len(table) - len(t)} population(s) lack {x!r} or a PM value")

@@ -5,9 +5,9 @@ under a *family* of nulls shaped like the data.
 
 Each scenario draws ``n_sim`` synthetic data sets of the shape a chapter builds
 (the profile's data sets, replicates, factors, models and inputs), runs the
-*same* statistics (:mod:`rmpm.book.decisions`, whose ``*_core`` functions take a
+*same* statistics (:mod:`rmpm.analysis.evidence`, whose ``*_core`` functions take a
 stack of simulations) and the same rules (the ``*_level`` functions of
-:mod:`rmpm.book.claims`) the book uses, and records the level reached. The
+:mod:`rmpm.analysis.verdicts`) the book uses, and records the level reached. The
 tests check that this vectorised path gives the same verdicts as the
 table-in, evidence-out path the chapters run.
 
@@ -66,21 +66,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import time
 import warnings
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import claims, decisions
+from . import evidence, verdicts
 from .. import paths
 from .._checks import check_choice, check_range
 from ..atomic import atomic_write
+from .factors import FACTOR_KINDS, shares_initialisation
 from .profiles import Profile, get_profile
 
 #: Verdict levels whose rate is reported: "at least partly" and "supported".
@@ -125,7 +124,6 @@ class Design:
     @property
     def shared_init(self) -> np.ndarray:
         """Which factors' populations share their models' initial weights."""
-        from .factor_analysis import shares_initialisation
         return np.array([shares_initialisation(f) for f in self.factors])
 
     def replace(self, **changes: Any) -> "Design":
@@ -151,12 +149,9 @@ def design(profile: str | Profile) -> Design:
 # ----------------------------------------------------------------------------- noise
 
 #: Factors whose replicate noise the ``clustered`` null lets share a component
-#: within a block: those of one kind, which perturb training through the same
-#: mechanism (and, but for width, start every population from the replicate's
-#: initial weights), so a replicate's idiosyncrasies move them together.
-CLUSTERS = (("init_seed", "order_seed", "both_seeds"), ("lr", "batch_size"),
-            ("weight_decay", "label_smoothing", "mixup_alpha", "dropout"),
-            ("augment", "subset_seed"), ("width",))
+#: within a block: those of one kind (:data:`rmpm.analysis.factors.FACTOR_KINDS`).
+CLUSTERS = tuple(FACTOR_KINDS.values())
+
 
 @dataclass(frozen=True)
 class Noise:
@@ -397,46 +392,46 @@ def _by_dataset(d: Design, arrays: dict[str, np.ndarray], cols, sl) -> list[list
 
 
 def evidence_c1(d: Design, arrays: dict[str, np.ndarray], kw: dict, seed: int) -> dict[str, np.ndarray]:
-    """What :func:`rmpm.book.decisions.c1_evidence` computes, for every simulation."""
+    """What :func:`rmpm.analysis.evidence.c1_evidence` computes, for every simulation."""
     v = arrays["rm_adj"]
     n = v.shape[0]
-    contrasts, _ = decisions.c1_contrasts(v.reshape(n, d.n_blocks, -1), d.factors)
-    flips, _ = decisions.sign_flips(d.n_blocks, decisions.MAX_FLIPS, seed)
+    contrasts, _ = evidence.c1_contrasts(v.reshape(n, d.n_blocks, -1), d.factors)
+    flips, _ = evidence.sign_flips(d.n_blocks, evidence.MAX_FLIPS, seed)
     block_ds = np.repeat(np.arange(d.n_datasets), d.replicates)
     p_b, p_d = np.empty(n), np.empty(n)
     for sl in _chunks(n):
-        core = decisions.c1_core(contrasts[sl], block_ds, flips)
+        core = evidence.c1_core(contrasts[sl], block_ds, flips)
         p_b[sl], p_d[sl] = core.p_any, core.p_consistent
     return {"p_blocks": p_b, "p_datasets": p_d}
 
 
 def _associations(d: Design, arrays, tests, kw: dict, seed: int) -> dict[str, np.ndarray]:
     """p-values and leave-one-out directions of ``tests`` = [(x, y, control,
-    alternative, seed offset)], as :func:`rmpm.book.decisions.association`."""
+    alternative, seed offset)], as :func:`rmpm.analysis.evidence.association`."""
     n = next(iter(arrays.values())).shape[0]
     nf = len(d.factors)
     p = np.empty((n, len(tests)))
     direction = np.empty((n, len(tests)), dtype=bool)
     for j, (x, y, z, alt, off) in enumerate(tests):
-        perms = decisions.permutations(nf, kw["n_perm"], np.random.default_rng(seed + off))
+        perms = evidence.permutations(nf, kw["n_perm"], np.random.default_rng(seed + off))
         cols = [x, y] + ([z] if z else [])
         for sl in _chunks(n):
-            core = decisions.association_core(_by_dataset(d, arrays, cols, sl), alt, perms)
+            core = evidence.association_core(_by_dataset(d, arrays, cols, sl), alt, perms)
             p[sl, j] = core.p_value
-            direction[sl, j] = decisions.direction_holds_core(core, alt)
+            direction[sl, j] = evidence.direction_holds_core(core, alt)
     return {"p": p, "direction": direction}
 
 
 def evidence_c3(d: Design, arrays, kw: dict, seed: int) -> dict[str, np.ndarray]:
-    """What :func:`rmpm.book.decisions.c3_evidence` tests, for every simulation."""
+    """What :func:`rmpm.analysis.evidence.c3_evidence` tests, for every simulation."""
     return _associations(d, arrays, [("rm_adj", y, None, "greater", i)
-                                     for i, (_, y) in enumerate(decisions.C3_TESTS)], kw, seed)
+                                     for i, (_, y) in enumerate(evidence.C3_TESTS)], kw, seed)
 
 
 def evidence_c2(d: Design, arrays, kw: dict, seed: int) -> dict[str, np.ndarray]:
-    """What :func:`rmpm.book.decisions.c2_evidence` tests, for every simulation."""
+    """What :func:`rmpm.analysis.evidence.c2_evidence` tests, for every simulation."""
     return _associations(d, arrays, [(x, y, z, alt, i) for i, (_, x, y, z, alt)
-                                     in enumerate(decisions.C2_PREDICTIONS)], kw, seed)
+                                     in enumerate(evidence.C2_PREDICTIONS)], kw, seed)
 
 
 def evidence_c4(d: Design, rng, n: int, noise: str, excess: float, kw: dict,
@@ -444,7 +439,7 @@ def evidence_c4(d: Design, rng, n: int, noise: str, excess: float, kw: dict,
     p = np.empty((n, 2))
     for i in range(n):
         pi, po, y = simulate_c4(d, rng, excess, noise, n_sets=2)
-        ev = decisions.c4_evidence(pi, y, po, acc_range=0.0, threshold=kw["threshold"],
+        ev = evidence.c4_evidence(pi, y, po, acc_range=0.0, threshold=kw["threshold"],
                                    n_boot=kw["n_boot"], seed=seed + i)
         p[i] = ev.iid.p_value, ev.ood.p_value
     return {"p": p}
@@ -453,12 +448,12 @@ def evidence_c4(d: Design, rng, n: int, noise: str, excess: float, kw: dict,
 def levels(claim: str, out: dict[str, np.ndarray], d: Design, alpha: float) -> np.ndarray:
     """The level code (0, 1, 2) each simulation reaches, by the book's rules."""
     if claim == "C1":
-        return claims.c1_level(out["p_blocks"], out["p_datasets"], d.n_datasets, alpha)
+        return verdicts.c1_level(out["p_blocks"], out["p_datasets"], d.n_datasets, alpha)
     if claim == "C2":
-        return claims.c2_level(out["p"], out["direction"], alpha)
+        return verdicts.c2_level(out["p"], out["direction"], alpha)
     if claim == "C3":
-        return claims.c3_level(out["p"], out["direction"], d.n_datasets, alpha)
-    return claims.c4_level(out["p"], alpha)
+        return verdicts.c3_level(out["p"], out["direction"], d.n_datasets, alpha)
+    return verdicts.c4_level(out["p"], alpha)
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -494,7 +489,7 @@ class Scenario:
 
 #: Stated alternatives (effect sizes) of the power columns; the Claims page also
 #: gives the power at the effect a build observed.
-ALTERNATIVES = {"C1": 1.0, "C2": 0.7, "C3": 0.7, "C4": 0.05}
+POWER_EFFECTS = {"C1": 1.0, "C2": 0.7, "C3": 0.7, "C4": 0.05}
 #: the noise models the power is computed under
 POWER_NOISES = ("iid", "combined")
 _EFFECT = {"C1": "effect", "C2": "rho", "C3": "rho", "C4": "excess"}
@@ -505,7 +500,7 @@ def scenarios(alternatives: dict[str, float] | None = None, threshold: float = 0
     """Every scenario: each claim's null under every member of its noise family
     (required), C2's confounded null (reported), and each claim's alternative
     under :data:`POWER_NOISES`."""
-    alt = {**ALTERNATIVES, **(alternatives or {})}
+    alt = {**POWER_EFFECTS, **(alternatives or {})}
     names = tuple(NOISES) if noises is None else noises
     out = []
     what = {"C1": "every factor moves representations as much as a fresh seed (both_seeds)",
@@ -545,7 +540,7 @@ def scenario_table(sc: list[Scenario] | None = None) -> pd.DataFrame:
 
 def _cache_key(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict) -> str:
     from ..pipeline.recipe import content_key
-    return content_key({"sim": SIM_VERSION, "rules": claims.RULES_VERSION, "design": d.spec(),
+    return content_key({"sim": SIM_VERSION, "rules": verdicts.RULES_VERSION, "design": d.spec(),
                         "scenario": sc.key, "n_sim": n_sim, "seed": seed,
                         "tests": {k: kw[k] for k in ("n_perm", "n_boot", "threshold")}})
 
@@ -605,7 +600,7 @@ def simulated(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict,
 # ----------------------------------------------------------------------------- rates
 
 def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
-              alpha: float = decisions.ALPHA, n_perm: int = 500, n_boot: int = 200,
+              alpha: float = evidence.ALPHA, n_perm: int = 500, n_boot: int = 200,
               threshold: float = 0.01, claims_: tuple[str, ...] = ("C1", "C2", "C3", "C4"),
               alternatives: dict[str, float] | None = None,
               hypotheses: tuple[str, ...] | None = None, noises: tuple[str, ...] | None = None,
@@ -653,14 +648,14 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
 
 
 def level_label(claim: str, level: str) -> str:
-    """C4's levels are about its premise (see :mod:`rmpm.book.claims`)."""
+    """C4's levels are about its premise (see :mod:`rmpm.analysis.verdicts`)."""
     if claim != "C4":
         return level
     return {"partly or better": "premise holds at least in part",
             "supported": "premise holds"}[level]
 
 
-def failures(cal: pd.DataFrame, alpha: float = decisions.ALPHA) -> pd.DataFrame:
+def failures(cal: pd.DataFrame, alpha: float = evidence.ALPHA) -> pd.DataFrame:
     """Required rows whose false-positive rate exceeds alpha by more than 2 SE."""
     return cal[cal["required"] & (cal["rate"] > alpha + 2 * cal["se"])]
 
@@ -692,11 +687,11 @@ def cost(cal: pd.DataFrame) -> dict[str, float]:
 
 
 def summary_with_power(profile: str | Profile | Design, observed: dict[str, float], n_sim: int,
-                       seed: int = 0, alpha: float = 0.05
+                       seed: int = 0, alpha: float = evidence.ALPHA
                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     """What the Claims page shows: the calibration of ``profile``'s design (``cal``),
     its :func:`summary_table` and, for the claims with an ``observed`` effect (see
-    :func:`rmpm.book.claims.observed_effects`), the power at that effect under the
+    :func:`rmpm.analysis.verdicts.observed_effects`), the power at that effect under the
     i.i.d. and the combined noise (simulated with ``seed + 1``). Returns
     ``(cal, summary, power)``."""
     cal = calibrate(profile, n_sim=n_sim, seed=seed, alpha=alpha)
@@ -717,6 +712,6 @@ def summary_with_power(profile: str | Profile | Design, observed: dict[str, floa
 __all__ = ["Design", "design", "Noise", "NOISES", "ModelNoise", "C4_NOISES", "draw_noise",
            "draw_c1", "draw_c2", "draw_c3", "as_table", "simulate_c1", "simulate_c2",
            "simulate_c3", "simulate_c4", "evidence_c1", "evidence_c2", "evidence_c3",
-           "evidence_c4", "levels", "Scenario", "scenarios", "scenario_table", "ALTERNATIVES",
+           "evidence_c4", "levels", "Scenario", "scenarios", "scenario_table", "POWER_EFFECTS",
            "POWER_NOISES", "calibrate", "failures", "summary_table", "summary_with_power",
            "cost", "level_label", "LEVELS", "SIM_VERSION", "simulated"]

@@ -1,4 +1,4 @@
-"""Claims: which process is computing a store entry right now.
+"""Locks: which process is computing a store entry right now.
 
 Two runs on one store (two book builds, a build and ``rmpm train``, the jobs of an
 array) must not compute the same entry twice. A task claims an entry before it
@@ -44,8 +44,8 @@ def lock_path(root: str | Path, kind: str, name: str) -> Path:
     return Path(root) / LOCKS / kind / name[:2] / f"{name}.lock"
 
 
-class Claim:
-    """An exclusive claim on one lock file (see the module docstring)."""
+class Lock:
+    """An exclusive lock on one lock file, the claim on one entry (see the module docstring)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -91,10 +91,10 @@ def work_through(items: Sequence[T], name_of: Callable[[T], str], root: str | Pa
         todo = [x for x in items if not done(x)]
         if not todo:
             return computed, []
-        claims: dict[str, Claim] = {}
+        claims: dict[str, Lock] = {}
         try:
             for x in todo:
-                c = Claim(lock_path(root, kind, name_of(x)))
+                c = Lock(lock_path(root, kind, name_of(x)))
                 try:
                     got = c.try_acquire()
                 except OSError as e:
@@ -148,7 +148,7 @@ def sweep(root: str | Path, older_than_s: float = 3600.0) -> int:
                 continue
         except FileNotFoundError:  # another sweep took it
             continue
-        claim = Claim(f)
+        claim = Lock(f)
         try:
             if not claim.try_acquire():  # held: in use
                 continue
