@@ -1,7 +1,9 @@
+import pytest
 """The command line: train with a summary table, resume from the store, clear errors."""
 from rmpm.cli import main
 
 
+@pytest.mark.trains
 def test_train_prints_summary_and_resumes(tmp_path, capsys):
     args = ["train", "--profile", "smoke", "--reference", "--device", "cpu", "--store", str(tmp_path)]
     assert main(args) == 0
@@ -30,6 +32,7 @@ def _plan(capsys):
     return dict(zip(["recipes", "trained", "evaluated", "to_train", "epochs"], map(int, total)))
 
 
+@pytest.mark.trains
 def test_dry_run_and_shards_cover_the_profile(tmp_path, capsys):
     """Job-array use: --dry-run trains nothing; shards 0/2 and 1/2 together train
     every recipe once, each run seeing what the other already stored."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm.book import populations as X
+from rmpm.analysis import populations as X
 from rmpm.measures import multiplicity as PM
 from rmpm.cli import main
 from rmpm.pipeline.train import resolve_device
@@ -72,7 +72,7 @@ def test_option_with_no_names_is_an_error(tmp_path, monkeypatch, capsys):
 
 def test_book_only_with_no_names_is_an_error(monkeypatch, capsys):
     from rmpm.book import build as book
-    monkeypatch.setattr(book, "build", lambda *a, **k: pytest.fail("the build started"))
+    monkeypatch.setattr(book, "build_book", lambda *a, **k: pytest.fail("the build started"))
     assert main(["book", "--profile", "smoke", "--only"]) == 2
     assert ("rmpm book: error: --only needs at least one name; choose from: 00_methods, "
             "01_svcca_checked") in capsys.readouterr().err

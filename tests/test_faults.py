@@ -27,6 +27,9 @@ import pytest
 from rmpm.cli import main
 from rmpm.pipeline.store import StoreWriteError, write_error
 
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
+
 ROOT = Path(__file__).resolve().parents[1]
 #: six tiny digits MLPs (a second each, cluster start-up included)
 DIGITS = ["--profile", "smoke_multi", "--dataset", "digits", "--factor", "init_seed"]
@@ -151,7 +154,7 @@ def test_full_disk_stops_the_run_at_the_first_failure(tmp_path, tmpfs):
 @pytest.mark.cluster
 def test_a_file_in_the_way_stops_the_run_with_its_own_message(tmp_path):
     """A file where the store needs a folder, for a recipe in the middle of the run."""
-    from rmpm.book.populations import profile_recipes
+    from rmpm.analysis.populations import profile_recipes
     store = tmp_path / "store"
     before = _seed(tmp_path, store)
     keys = [r.key() for r in profile_recipes("smoke_multi", datasets=["digits"],
@@ -222,7 +225,7 @@ def test_read_only_store_stops_train_and_book_before_any_work(tmp_path, tmpfs):
 
 def test_in_process_loop_stops_at_the_first_failure(tmp_path, tmpfs):
     """``run_recipes(workers=0)``: a full disk, then a read-only one, mid-run."""
-    from rmpm.book import populations as X
+    from rmpm.analysis import populations as X
     from rmpm.pipeline.runs import run_recipes
     mnt = tmpfs("1m")
     store = mnt / "store"
@@ -334,7 +337,7 @@ def test_a_signal_stops_calibrate_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_a_signal_stops_a_book_build_with_one_line_and_no_build_left(tmp_path):
     """SIGTERM while the build trains: nothing that looks like a build is left."""
-    from rmpm.book.build import builds_root, latest_build
+    from rmpm.book.builds import builds_root, latest_build
     store = tmp_path / "store"
     before = latest_build("smoke")
     existing = set((builds_root() / "smoke").glob("*"))
@@ -412,7 +415,7 @@ def test_repair_on_a_read_only_store_is_one_line(tmp_path, tmpfs):
 def test_ctrl_c_during_the_notebooks_stops_a_book_build(tmp_path):
     """Ctrl-C while a notebook's kernel runs: one line, no kernel or worker left (the
     kernel is killed, so it prints no traceback of its own), no build left behind."""
-    from rmpm.book.build import builds_root, latest_build
+    from rmpm.book.builds import builds_root, latest_build
     store = tmp_path / "store"
     r = rmpm(tmp_path, "train", "--profile", "smoke", "--store", str(store), timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]

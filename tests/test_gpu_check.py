@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
+
 ROOT = Path(__file__).resolve().parents[1]
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -49,7 +52,7 @@ def test_dry_run_training_members_match_fit(dry):
         e = tr["engines"][name]
         assert len(e["test_acc"]) == 2 and all(0 <= a <= 1 for a in e["test_acc"])
         assert e["model_epochs_per_s"] > 0
-    m = tr["match"]["ensemble_fp32"]  # on the CPU in fp32, as tests/test_ensemble.py demands
+    m = tr["match"]["ensemble_fp32"]  # on the CPU in fp32, as tests/pipeline/test_ensemble.py demands
     assert m["max_rel_weight_diff"] < 1e-4
     assert m["max_abs_test_acc_diff"] <= 1 / tr["test_examples"] + 1e-12
 
@@ -61,7 +64,7 @@ def test_dry_run_similarity_and_pace(dry):
     assert all(m["finite"] and 0 < m["mean_offdiag"] <= 1 for m in sim["measures"].values())
     pace = dry[1]["sections"]["pace"]
     [group] = pace["groups"]
-    from rmpm.book.populations import profile_recipes
+    from rmpm.analysis.populations import profile_recipes
     assert pace["profile"] == "paper" and \
         pace["plan"]["fashion_mnist"]["recipes"] == len(profile_recipes("paper", ["fashion_mnist"]))
     assert group["members"] == 2 and group["model_epochs"] == 2 and group["seconds"] > 0

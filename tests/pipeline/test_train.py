@@ -17,6 +17,7 @@ def _state(res):
     return {k: v.clone() for k, v in res.model.state_dict().items()}
 
 
+@pytest.mark.trains
 def test_same_recipe_bit_identical_on_cpu():
     a, b = fit(TINY, "cpu"), fit(TINY, "cpu")
     sa, sb = _state(a), _state(b)
@@ -26,6 +27,7 @@ def test_same_recipe_bit_identical_on_cpu():
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
 
 
+@pytest.mark.trains
 def test_global_rng_neither_used_nor_disturbed():
     torch.manual_seed(123)
     before = torch.rand(3)
@@ -42,12 +44,14 @@ def test_global_rng_neither_used_nor_disturbed():
                                     dict(dropout=0.3), dict(augment="crop"), dict(mixup_alpha=0.4),
                                     dict(label_smoothing=0.1), dict(weight_decay=0.05),
                                     dict(train_size=500, subset_seed=1), dict(bootstrap=True)])
+@pytest.mark.trains
 def test_each_factor_changes_the_model(change):
     a = fit(TINY, "cpu")
     b = fit(TINY.replace(**change), "cpu")
     assert a.metrics["train_loss"] != b.metrics["train_loss"], change
 
 
+@pytest.mark.trains
 def test_models_learn():
     res = fit(TINY.replace(epochs=4), "cpu")
     assert res.metrics["test_acc"] > 0.6  # 10 classes: chance is 0.1
@@ -88,6 +92,7 @@ def test_augment_is_a_shifted_crop():
     assert torch.equal(augment(x, "none", g), x)
 
 
+@pytest.mark.trains
 def test_run_recipe_stores_and_reuses(tmp_path):
     store = Store(tmp_path)
     r1 = run_recipe(TINY, SPEC, store, "cpu")
@@ -109,6 +114,7 @@ def test_run_recipe_stores_and_reuses(tmp_path):
     np.testing.assert_array_equal(a2["probs:iid"], arr["probs:iid"])
 
 
+@pytest.mark.trains
 def test_resume_after_kill(tmp_path, monkeypatch):
     """A run killed during the third model keeps the first two; rerun trains only the rest."""
     import rmpm.pipeline.train as train  # the loop's tasks.train_into looks fit up there
@@ -133,6 +139,7 @@ def test_resume_after_kill(tmp_path, monkeypatch):
     assert [o.trained for o in out] == [False, False, True, True]
 
 
+@pytest.mark.trains
 def test_chunked_evaluation_equals_one_at_a_time(tmp_path):
     """run_recipes evaluates several models per corrupted set; the numbers must not change."""
     recipes = [TINY.replace(init_seed=i, epochs=1) for i in range(3)]
@@ -149,6 +156,7 @@ def test_chunked_evaluation_equals_one_at_a_time(tmp_path):
         run_recipes(recipes, SPEC, Store(tmp_path / "a"), "cpu", eval_chunk=0)
 
 
+@pytest.mark.trains
 def test_run_recipe_maps_over_separate_processes(tmp_path):
     """The scale-out seam: run_recipe mapped over worker processes (as Dask or a
     Slurm job array would) with a shared store folder and no coordination.

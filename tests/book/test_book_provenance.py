@@ -8,7 +8,7 @@ says matches the build's manifest.
 - On hand-made HTML: the checker of a built book finds a missing line, a wrong digest,
   a missing verdict row and a link back that lands nowhere.
 - On the built book, when there is one (``python -m rmpm book --profile smoke``; like
-  tests/test_browser.py, skipped when none is built unless RMPM_BOOK_REQUIRED=1): every
+  tests/book/test_browser.py, skipped when none is built unless RMPM_BOOK_REQUIRED=1): every
   numbered figure of every chapter carries its line, every verdict row its provenance,
   their digests, build and commit are the manifest's, and the reproducibility page links
   back to every one of them.
@@ -23,7 +23,9 @@ import nbformat
 import pytest
 
 from rmpm import paths
-from rmpm.book import build as B, claims as C, manifest as M, provenance as P
+from rmpm.analysis import verdicts as V
+from rmpm.book import build as B, builds as BD, claims_page as CP, manifest as M
+from rmpm.book import notebooks as NB, provenance as P, records as R, reproducibility as RP
 
 HTML = paths.repo_root() / "_build" / "html"
 REQUIRED = os.environ.get("RMPM_BOOK_REQUIRED") == "1"
@@ -65,12 +67,12 @@ def built(tmp_path, monkeypatch):
               (PLOT, "fig-three"))
     monkeypatch.setattr(paths, "notebooks_dir", lambda: nbs)
     monkeypatch.setattr(paths, "executed_dir", lambda: tmp_path / "executed")
-    monkeypatch.setattr(B, "kernel_name", lambda: "python3")
+    monkeypatch.setattr(NB, "kernel_name", lambda: "python3")
     B.run_notebooks("smoke", builds_dir=tmp_path / "builds")
-    build = B.latest_build("smoke", tmp_path / "builds")
-    commit = B.git_commit()
+    build = BD.latest_build("smoke", tmp_path / "builds")
+    commit = P.git_commit()
     env = {"profile": "smoke", "build": build.id, "git_commit": commit}
-    manifest = M.build([], "spec", results_dir=build.results_dir, environment=env)
+    manifest = M.compute([], "spec", results_dir=build.results_dir, environment=env)
     return build, manifest
 
 
@@ -82,6 +84,7 @@ def _lines(executed):
     return out
 
 
+@pytest.mark.trains
 def test_the_lines_of_a_build_match_its_manifest(built):
     build, manifest = built
     lines = _lines(paths.executed_dir())
@@ -96,16 +99,17 @@ def test_the_lines_of_a_build_match_its_manifest(built):
     # a chapter without a result file names none
     assert P.parse_line(lines["02_plain#fig-three"])["result"] is None
     # the reproducibility page's table names the same digest and links every figure
-    with B.build_env(build):
-        rows = "\n".join(B.backlinks_section({"build": build.id, "git_commit": B.git_commit()}))
+    with BD.build_env(build):
+        rows = "\n".join(RP.backlinks_section({"build": build.id, "git_commit": P.git_commit()}))
     for fig in ("fig-one", "fig-two", "fig-three"):
         assert f"| {{numref}}`{fig}` <br>in [" in rows
     assert rows.count(f">{content[:16]}…</code>") == 2
-    for claim in C.CHAPTER:  # no chapter of this build wrote a claim's result
+    for claim in V.CHAPTER:  # no chapter of this build wrote a claim's result
         assert f'08_claims.html#{P.verdict_anchor(claim)}">verdict {claim}</a>' in rows
-    assert rows.count("not written") == len(C.CHAPTER)
+    assert rows.count("not written") == len(V.CHAPTER)
 
 
+@pytest.mark.trains
 def test_a_changed_result_is_caught_and_a_rewritten_one_is_not(built):
     build, manifest = built
     lines = _lines(paths.executed_dir())
@@ -113,12 +117,12 @@ def test_a_changed_result_is_caught_and_a_rewritten_one_is_not(built):
     doc = json.loads(path.read_text())
     # the same values written again later: another file, the same content
     path.write_text(json.dumps({**doc, "written": "2030-01-01T00:00:00+0000"}))
-    again = M.build([], "spec", results_dir=build.results_dir,
+    again = M.compute([], "spec", results_dir=build.results_dir,
                     environment=manifest["environment"])
     assert P.check_lines(lines, again) == []
     # changed values: both figures of that chapter are caught, the other is not
     path.write_text(json.dumps({**doc, "values": {**doc["values"], "rm": [0.25, 0.51]}}))
-    changed = M.build([], "spec", results_dir=build.results_dir,
+    changed = M.compute([], "spec", results_dir=build.results_dir,
                       environment=manifest["environment"])
     problems = P.check_lines(lines, changed)
     assert len(problems) == 2 and all("is not the manifest's" in p for p in problems)
@@ -138,41 +142,41 @@ def test_verdict_rows_carry_their_provenance(tmp_path):
     for chapter in ("03_rm_by_factor", "05_rm_vs_pm"):
         (tmp_path / f"{chapter}.json").write_text(json.dumps(
             {"name": chapter, "profile": "smoke", "values": {"x": chapter}}))
-    prov = C.verdict_provenance("b-1", "0123456789abcdef (with uncommitted changes)", tmp_path)
-    assert set(prov) == set(C.CLAIMS)
-    assert prov["C1"]["evidence"] == "rmpm.book.decisions.c1_evidence"
-    assert prov["C1"]["rules"] == ["rmpm.book.claims.verdict_c1", "rmpm.book.claims.c1_level"]
+    prov = CP.verdict_provenance("b-1", "0123456789abcdef (with uncommitted changes)", tmp_path)
+    assert set(prov) == set(V.CLAIMS)
+    assert prov["C1"]["evidence"] == "rmpm.analysis.evidence.c1_evidence"
+    assert prov["C1"]["rules"] == ["rmpm.analysis.verdicts.verdict_c1", "rmpm.analysis.verdicts.c1_level"]
     assert prov["C2"]["digest"] is None  # chapter 6 did not run
-    manifest = M.build([], "spec", results_dir=tmp_path,
+    manifest = M.compute([], "spec", results_dir=tmp_path,
                        environment={"build": "b-1", "git_commit": "0123456789abcdef"})
     assert prov["C1"]["digest"] == manifest["results"]["03_rm_by_factor"]["digest"]
-    verdicts = [C.Verdict(C.CLAIMS[c], "not evidence", "a | b", "why") for c in C.CLAIMS]
-    table = C.verdict_table(verdicts, prov).splitlines()
-    assert len(table) == 2 + len(C.CLAIMS)
+    verdicts = [V.Verdict(V.CLAIMS[c], "not evidence", "a | b", "why") for c in V.CLAIMS]
+    table = CP.verdict_table(verdicts, prov).splitlines()
+    assert len(table) == 2 + len(V.CLAIMS)
     row = table[2]
     assert row.startswith('| <span id="verdict-c1"></span>C1: ')
     assert "a \\| b" in row and row.count(" | ") == 3  # the pipe in the text is escaped
     assert "**not evidence** <br>why" in row
     assert "{download}`03_rm_by_factor.ipynb <03_rm_by_factor.ipynb>`" in row
     text = P.plain(row)
-    assert "evidence rmpm.book.decisions.c1_evidence rule rmpm.book.claims.verdict_c1, " \
-           "rmpm.book.claims.c1_level result 03_rm_by_factor.json (content SHA-256 " \
+    assert "evidence rmpm.analysis.evidence.c1_evidence rule rmpm.analysis.verdicts.verdict_c1, " \
+           "rmpm.analysis.verdicts.c1_level result 03_rm_by_factor.json (content SHA-256 " \
            f"{prov['C1']['digest'][:16]}…) build b-1 commit 0123456789ab " \
            "(with uncommitted changes)" in text
     # dotted names may break after their dots in the narrow column
-    assert "rmpm.<wbr>book.<wbr>decisions.<wbr>c1_evidence" in row
+    assert "rmpm.<wbr>analysis.<wbr>evidence.<wbr>c1_evidence" in row
     assert P.check_lines({"C1": row.split(" | ")[3], "C2": table[3].split(" | ")[3]},
                          manifest) == [
         "C2: result 06_finite_samples is not in the manifest"]
 
 
 def test_each_claims_evidence_function_is_what_its_chapter_calls():
-    for claim, chapter in C.CHAPTER.items():
+    for claim, chapter in V.CHAPTER.items():
         nb = nbformat.read(paths.notebooks_dir() / f"{chapter}.ipynb", as_version=4)
         code = [c.source for c in nb.cells if c.cell_type == "code"]
         imports = P.notebook_imports(code)
         calls = {f for src in code for f in P.rmpm_calls(src, imports)}
-        assert P.qualname(C.EVIDENCE_FUNCTIONS[claim]) in calls, (claim, chapter)
+        assert P.qualname(V.EVIDENCE_FUNCTIONS[claim]) in calls, (claim, chapter)
 
 
 # --- the checker of a built book, on hand-made HTML ---------------------------------------
@@ -203,7 +207,7 @@ def _fake_book(root, manifest, *, drop_line=False, backlink_to="fig-a"):
     (exe / "01_figs.html").write_text(
         f'<figure id="fig-a"><img/></figure>{small}'
         f'<figure id="fig-b"><img/></figure>{"" if drop_line else small}')
-    pv = C.verdict_provenance(env["build"], env["git_commit"], root / "results")
+    pv = CP.verdict_provenance(env["build"], env["git_commit"], root / "results")
     vline = P.verdict_line(pv["C1"]["chapter"], pv["C1"]["evidence"], pv["C1"]["rules"],
                            "01_figs", digest, env["build"], env["git_commit"])
     (exe / "08_claims.html").write_text(
@@ -224,7 +228,7 @@ def _fake_book(root, manifest, *, drop_line=False, backlink_to="fig-a"):
 def manifest(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "01_figs.json").write_text(json.dumps({"values": {"a": 1}}))
-    return M.build([], "spec", results_dir=tmp_path / "results",
+    return M.compute([], "spec", results_dir=tmp_path / "results",
                    environment={"build": "b-1", "git_commit": "0123456789abcdef0123"})
 
 
@@ -253,7 +257,7 @@ def test_the_book_checker_finds_what_is_wrong(tmp_path, manifest):
 
 def _book_figures() -> set[str]:
     return {c.metadata["mystnb"]["figure"]["name"]
-            for path in B.notebook_paths()
+            for path in NB.notebook_paths()
             for c in nbformat.read(path, as_version=4).cells
             if c.metadata.get("mystnb", {}).get("figure")}
 
@@ -273,16 +277,16 @@ def test_the_built_book_carries_provenance_that_matches_its_manifest():
     report = P.check_html_book(HTML, manifest, builds)
     assert report["problems"] == [], "\n".join(report["problems"])
     assert report["figures"] == len(_book_figures()) >= 20
-    assert report["verdicts"] == len(C.CLAIMS)
+    assert report["verdicts"] == len(V.CLAIMS)
     assert report["backlinks"] == report["figures"] + report["verdicts"]
     assert report["lines"] == report["figures"] + report["verdicts"]
     # the page names the same digests as the lines (every claim's chapter ran, so every
     # verdict names one)
     assert report["backlinks_with_digest"] == report["lines_with_digest"] >= report["verdicts"]
     # every result a line names has the content digest of the build's own result file
-    with B.build_env(B.Build(manifest["environment"]["profile"], manifest["environment"]["build"],
-                             B.builds_root() / manifest["environment"]["profile"]
+    with BD.build_env(BD.Build(manifest["environment"]["profile"], manifest["environment"]["build"],
+                             BD.builds_root() / manifest["environment"]["profile"]
                              / manifest["environment"]["build"])):
-        here = P.result_digests()
+        here = R.content_digests()
     if here:  # the build's folder is on this machine (not an imported book)
         assert {k: v["digest"] for k, v in manifest["results"].items()} == here

@@ -3,10 +3,11 @@ papermill's two parameter cells (the notebook's defaults, then the injected valu
 import nbformat
 import pytest
 
-from rmpm.book import build as book
+
+from rmpm.book import notebooks as NB
 from rmpm.book.chapter import (PARAMETER_CELL_ID, parameter_table, present_parameters,
                            resolve_default)
-from rmpm.book.profiles import get_profile
+from rmpm.analysis.profiles import get_profile
 
 SOURCE = '''profile = "smoke"   # smoke | smoke_multi | default | paper
 dataset = None      # None: the profile's first data set
@@ -86,7 +87,7 @@ def test_a_notebook_without_parameters_is_refused(declared):
 
 
 def test_every_chapter_gets_a_table_that_resolves_its_profile_defaults():
-    for path in book.notebook_paths():
+    for path in NB.notebook_paths():
         import papermill as pm
         declared = pm.inspect_notebook(str(path))
         text = parameter_table(declared, {"profile": "smoke"})
@@ -97,12 +98,13 @@ def test_every_chapter_gets_a_table_that_resolves_its_profile_defaults():
                 assert f"| `{name}` | `None` |" not in text, (path.stem, name)
 
 
+@pytest.mark.trains
 def test_the_book_build_writes_the_table_into_the_executed_copy(tmp_path):
     src = tmp_path / "ch.ipynb"
     nbformat.write(_notebook(), src)
     out = tmp_path / "out" / "ch.ipynb"
-    book.execute(src, out, {"profile": "default"})
-    book.show_parameters(src, out, {"profile": "default"})
+    NB.execute(src, out, {"profile": "default"})
+    NB.show_parameters(src, out, {"profile": "default"})
     done = nbformat.read(out, as_version=4)
     removed = [c for c in done.cells if "remove-cell" in c.metadata.get("tags", [])]
     assert len(removed) == 2 and 'profile = "default"' in removed[1].source

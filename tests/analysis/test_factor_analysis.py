@@ -1,10 +1,11 @@
-"""rmpm.book.factor_analysis on small hand-built factor tables with known answers."""
+"""rmpm.analysis.factor_analysis on small hand-built factor tables with known answers."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from rmpm.book import chapter
-from rmpm.book import factor_analysis as A
+from rmpm.analysis import factor_analysis as A
+from rmpm.analysis import factors as F
 
 FACTORS = ["init_seed", "lr", "width", "dropout", "both_seeds"]
 
@@ -63,11 +64,11 @@ def test_one_block_gives_none_and_bad_input_is_named():
     assert c["n_blocks"] == 1 and c["kendalls_w"] is None and c["pvalue"] is None
     t2 = _table(lambda ds, i, r: float(i), replicates=2)
     with pytest.raises(ValueError, match=r"incomplete blocks: 'rm' is missing for factor\(s\) width"):
-        A.block_matrix(t2[~((t2.factor == "width") & (t2.replicate == 0))])
+        F.block_matrix(t2[~((t2.factor == "width") & (t2.replicate == 0))])
     with pytest.raises(ValueError, match="more than one row"):
-        A.block_matrix(pd.concat([t, t.iloc[:1]]))
+        F.block_matrix(pd.concat([t, t.iloc[:1]]))
     with pytest.raises(KeyError, match="no column.*rm_x"):
-        A.block_matrix(t, "rm_x")
+        F.block_matrix(t, "rm_x")
     with pytest.raises(ValueError, match="factors='nope' is not allowed"):
         chapter.resolve_names("factors", "nope", FACTORS)
     assert chapter.resolve_names("factors", None, FACTORS) == FACTORS
@@ -91,7 +92,7 @@ def test_bootstrap_column_means_is_stratified_paired_and_seeded():
 
 
 def test_group_difference_and_layer_intervals():
-    t = _table(lambda ds, i, r: (1.0 if FACTORS[i] in A.SEED_FACTORS else 0.2) + 0.01 * r)
+    t = _table(lambda ds, i, r: (1.0 if FACTORS[i] in F.SEED_FACTORS else 0.2) + 0.01 * r)
     d = A.group_difference(t, ["init_seed", "both_seeds"], ["lr", "width", "dropout"],
                            n_boot=200, seed=0)
     assert d["difference"]["estimate"] == pytest.approx(0.8)
@@ -102,7 +103,7 @@ def test_group_difference_and_layer_intervals():
     li = A.layer_intervals(t, "fashion_mnist", n_boot=100)
     assert set(li["layer"]) == {"conv1", "fc"} and len(li) == 10
     assert (li["low"] <= li["estimate"]).all() and (li["estimate"] <= li["high"]).all()
-    assert A.factor_group("subset_seed") == "data" and A.factor_group("lr") == "hyperparameters"
+    assert F.factor_group("subset_seed") == "data" and F.factor_group("lr") == "hyperparameters"
 
 
 def test_measure_agreement_monotone_and_reversed():
@@ -117,8 +118,8 @@ def test_measure_agreement_monotone_and_reversed():
     ranks = A.measure_rankings(t)
     assert list(ranks.index) == FACTORS[::-1]                  # largest rm_adj first
     assert (ranks["PWCCA (raw) rank"].to_numpy() == np.arange(5, 0, -1)).all()
-    assert A.shares_initialisation("lr") and not A.shares_initialisation("both_seeds")
-    assert not A.shares_initialisation("width") and A.shares_initialisation("order_seed")
+    assert F.shares_initialisation("lr") and not F.shares_initialisation("both_seeds")
+    assert not F.shares_initialisation("width") and F.shares_initialisation("order_seed")
 
 
 def _pm_table(pm_of, n_pop=6, kinds=("noise", "blur"), sevs=(1, 3, 5)):

@@ -1,16 +1,19 @@
+import pytest
 """Per-figure provenance lines, added to executed notebooks by post-processing: the
 notebook (download link), the rmpm functions the figure's cell calls (resolved through
 the notebook's imports), the chapter's result file and its content digest, build and
-commit. (tests/test_book_provenance.py checks them against a build's manifest.)"""
+commit. (tests/book/test_book_provenance.py checks them against a build's manifest.)"""
 import nbformat
 
 from rmpm.book import provenance as P
+from rmpm.book import builds as BD
+from rmpm.book import notebooks as NB
 
 
 def _nb():
     nb = nbformat.v4.new_notebook()
     cells = [
-        "%matplotlib inline\nimport numpy as np\nfrom rmpm.book import factor_analysis as A, plots\n"
+        "%matplotlib inline\nimport numpy as np\nfrom rmpm.analysis import factor_analysis as A\nfrom rmpm.book import plots\n"
         "import rmpm.measures.stats as S\nfrom rmpm.book.chapter import factor_chapter",
         "ch = factor_chapter(profile)\ntable = ch.table",
         "ci = A.layer_intervals(table, 'fmnist', n_boot=10)\nfig = plots.layer_lines(ci)\n"
@@ -27,10 +30,10 @@ def _nb():
 def test_imports_and_calls_resolve_to_rmpm_functions():
     nb = _nb()
     imports = P.notebook_imports([c.source for c in nb.cells])
-    assert imports == {"A": "rmpm.book.factor_analysis", "plots": "rmpm.book.plots",
+    assert imports == {"A": "rmpm.analysis.factor_analysis", "plots": "rmpm.book.plots",
                        "S": "rmpm.measures.stats", "factor_chapter": "rmpm.book.chapter.factor_chapter"}
     assert P.rmpm_calls(nb.cells[2].source, imports) == [
-        "rmpm.book.factor_analysis.layer_intervals", "rmpm.book.plots.layer_lines"]  # not np.mean
+        "rmpm.analysis.factor_analysis.layer_intervals", "rmpm.book.plots.layer_lines"]  # not np.mean
     assert P.rmpm_calls(nb.cells[4].source, imports) == [
         "rmpm.measures.stats.correlation", "rmpm.book.plots.interval_chart"]
     assert P.rmpm_calls("this is not python(", imports) == []
@@ -52,7 +55,7 @@ def test_every_figure_gets_one_line_and_only_figures():
             assert after.cell_type == "markdown" and P.TAG in after.metadata["tags"]
     text = lines["fig-layers"]
     for part in ("{download}`03_rm_by_factor.ipynb <03_rm_by_factor.ipynb>`",
-                 "`rmpm.book.factor_analysis.layer_intervals`, `rmpm.book.plots.layer_lines`",
+                 "`rmpm.analysis.factor_analysis.layer_intervals`, `rmpm.book.plots.layer_lines`",
                  "result `03_rm_by_factor.json` (content SHA-256 `abababababababab…`)",
                  "build `20260101T000000-abcdef`", "commit `0123456789ab`"):
         assert part in text, part
@@ -68,6 +71,7 @@ def test_annotating_twice_replaces_and_a_missing_result_is_said():
     assert "build `b1`" not in "".join(c.source for c in twice.cells)
 
 
+@pytest.mark.trains
 def test_a_book_build_annotates_its_figures(tmp_path, monkeypatch):
     """run_notebooks adds the lines to what it executed, with the digest of the result
     file the notebook wrote in this build."""
@@ -90,15 +94,15 @@ def test_a_book_build_annotates_its_figures(tmp_path, monkeypatch):
     nbformat.write(nb, nbs / "01_fig.ipynb")
     monkeypatch.setattr(paths, "notebooks_dir", lambda: nbs)
     monkeypatch.setattr(paths, "executed_dir", lambda: tmp_path / "executed")
-    monkeypatch.setattr(B, "kernel_name", lambda: "python3")
+    monkeypatch.setattr(NB, "kernel_name", lambda: "python3")
     B.run_notebooks("smoke", builds_dir=tmp_path / "builds")
-    build = B.latest_build("smoke", tmp_path / "builds")
-    from rmpm.book.manifest import values_digest
+    build = BD.latest_build("smoke", tmp_path / "builds")
+    from rmpm.book.records import content_digest
     # the content digest, as the manifest lists it
-    digest = values_digest(json.loads((build.results_dir / "01_fig.json").read_text())["values"])
+    digest = content_digest(json.loads((build.results_dir / "01_fig.json").read_text())["values"])
     lines = P.figure_lines(nbformat.read(tmp_path / "executed" / "01_fig.ipynb", as_version=4))
     assert set(lines) == {"fig-line"}
     text = lines["fig-line"]
     assert f"content SHA-256 `{digest[:16]}…`" in text and f"build `{build.id}`" in text
     assert "`rmpm.book.records.save`" in text
-    assert json.loads((build.dir / B.STATUS).read_text())["notebooks"]["01_fig"]["state"] == "ran"
+    assert json.loads((build.dir / BD.STATUS).read_text())["notebooks"]["01_fig"]["state"] == "ran"

@@ -11,6 +11,9 @@ from rmpm.pipeline.runs import run_recipes
 from rmpm.pipeline.store import Store
 from rmpm.pipeline.train import fit, prepare
 
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
+
 BASE = Recipe(dataset="digits", arch="cnn", width=4, epochs=2, batch_size=64, lr=1e-2,
               train_size=400)
 SPEC = EvalSpec(n_test=60, n_probe=30, corruptions=("gaussian_noise",), severities=(3,))

@@ -4,14 +4,16 @@ import json
 import nbformat
 import pytest
 
-from rmpm.book.profiles import get_profile
+from rmpm.analysis.profiles import get_profile
 
 from rmpm import paths
 
 from rmpm.book import build as book
-from rmpm.book import decisions as D
 
-NOTEBOOKS = book.notebook_paths()
+from rmpm.book import notebooks as NB
+from rmpm.analysis import evidence as D
+
+NOTEBOOKS = NB.notebook_paths()
 
 
 def test_there_are_notebooks():
@@ -23,9 +25,9 @@ def test_notebook_is_clean_and_parameterised(path):
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
-    assert "profile" in book.notebook_parameters(path)
+    assert "profile" in NB.notebook_parameters(path)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs committed"
-    assert nb.metadata.kernelspec.name == book.KERNEL_NAME
+    assert nb.metadata.kernelspec.name == NB.KERNEL_NAME
 
 
 def _is_ci(c):
@@ -84,7 +86,7 @@ def test_every_chapter_has_a_sanity_check():
 def test_notebook_runs_under_smoke(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RMPM_RESULTS", str(tmp_path / "results"))
     out = tmp_path / path.name
-    book.execute(path, out, {"profile": "smoke"})
+    NB.execute(path, out, {"profile": "smoke"})
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
@@ -99,9 +101,10 @@ def test_notebook_runs_under_smoke(path, tmp_path, monkeypatch):
         assert SANE[path.stem](data["values"]), data["values"]
 
 
+@pytest.mark.trains
 def test_population_notebook_results_are_sane(tmp_path, monkeypatch):
     monkeypatch.setenv("RMPM_RESULTS", str(tmp_path))
-    book.execute(paths.notebooks_dir() / "02_populations.ipynb", tmp_path / "o.ipynb",
+    NB.execute(paths.notebooks_dir() / "02_populations.ipynb", tmp_path / "o.ipynb",
                  {"profile": "smoke", "n_models": 3})
     v = json.loads((tmp_path / "02_populations.json").read_text())["values"]
     assert v["n_models"] == 3 and len(v["model_keys"]) == 3
@@ -121,13 +124,13 @@ def test_population_notebook_results_are_sane(tmp_path, monkeypatch):
 def test_unknown_parameter_is_refused_with_the_allowed_ones(tmp_path):
     path = paths.notebooks_dir() / "02_populations.ipynb"
     with pytest.raises(ValueError, match=r"has no parameter\(s\) n_model; its parameters are: .*n_models.*profile"):
-        book.execute(path, tmp_path / "o.ipynb", {"profile": "smoke", "n_model": 3})
+        NB.execute(path, tmp_path / "o.ipynb", {"profile": "smoke", "n_model": 3})
 
 
 def test_unknown_profile_is_refused(tmp_path):
     path = paths.notebooks_dir() / "02_populations.ipynb"
     with pytest.raises(ValueError, match="profile='tiny' is not allowed; choose one of: 'smoke', 'smoke_multi', 'default', 'paper'"):
-        book.execute(path, tmp_path / "o.ipynb", {"profile": "tiny"})
+        NB.execute(path, tmp_path / "o.ipynb", {"profile": "tiny"})
     with pytest.raises(ValueError, match="profile='tiny' is not allowed"):
         book.run_notebooks("tiny")
 
@@ -142,7 +145,7 @@ def test_cli_reports_bad_profile(capsys):
 def test_unknown_dataset_is_refused_before_running(tmp_path):
     path = paths.notebooks_dir() / "02_populations.ipynb"
     with pytest.raises(ValueError, match="dataset='cifar10' is not allowed; choose one of: 'fashion_mnist'"):
-        book.execute(path, tmp_path / "o.ipynb", {"profile": "smoke", "dataset": "cifar10"})
+        NB.execute(path, tmp_path / "o.ipynb", {"profile": "smoke", "dataset": "cifar10"})
     assert not (tmp_path / "o.ipynb").exists()
 
 
@@ -160,7 +163,7 @@ def test_cross_dataset_chapters_run_under_smoke_multi(tmp_path, monkeypatch):
     values = {}
     for stem in MULTI:
         out = tmp_path / f"{stem}.ipynb"
-        book.execute(by_stem[stem], out, {"profile": "smoke_multi"})
+        NB.execute(by_stem[stem], out, {"profile": "smoke_multi"})
         nb = nbformat.read(out, as_version=4)
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                     if o.get("output_type") == "error"], stem

@@ -381,7 +381,7 @@ def test_long_runs_stop_before_any_work_when_a_data_set_is_missing(tmp_path, mon
     ran = []
     monkeypatch.setattr(book, "run_notebooks", lambda *a, **k: ran.append(a))
     with pytest.raises(RuntimeError, match="- digits: data set 'digits' is missing"):
-        book.build("smoke_multi")
+        book.build_book("smoke_multi")
     assert ran == []
     assert main(["train", "--profile", "smoke_multi", "--store", str(tmp_path)]) == 2
     assert "- digits: data set 'digits' is missing" in capsys.readouterr().err

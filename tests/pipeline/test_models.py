@@ -88,6 +88,7 @@ def test_initial_weights_do_not_depend_on_the_layout():
     assert torch.equal(conv.weight, ref["conv1.0.weight"])
 
 
+@pytest.mark.trains
 def test_a_narrow_resnet_trains_and_evaluates_without_corrupting_memory():
     """A width-4 ResNet (paper_cpu's smallest width) in a fresh process in the pinned
     deterministic environment, under glibc's strictest heap checks: it crashed there

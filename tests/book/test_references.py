@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIB = ROOT / "book" / "references.bib"
 #: {cite}`a`, {cite:p}`a,b`, {cite:t}`a`, {cite:ps}`a`, ... (sphinxcontrib-bibtex's roles)
 CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]*)`")

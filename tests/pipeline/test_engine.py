@@ -30,7 +30,7 @@ from rmpm.pipeline.store import Store
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CNN = Recipe(dataset="digits", arch="cnn", width=4, epochs=2, batch_size=64, lr=5e-3)
 MLP = Recipe(dataset="digits", arch="mlp", width=16, epochs=2, batch_size=64, lr=2e-3)
 RECIPES = [CNN, CNN.replace(init_seed=1), CNN.replace(order_seed=1, augment="crop"),
@@ -50,7 +50,7 @@ if __name__ == "__main__":
     spec = EvalSpec(**args["spec"])
     run_recipes(recipes, spec, args["store"], "cpu", progress=False,
                 workers=args["workers"], deterministic=args["deterministic"])
-    m = M.build(recipes, spec.key(), Store(args["store"]))
+    m = M.compute(recipes, spec.key(), Store(args["store"]))
     meta = [Store(args["store"]).model(r).meta["compute"] for r in recipes]
     print("RESULT", json.dumps({"models": {k: v["digest"] for k, v in m["models"].items()},
                                "evals": {k: v["digest"] for k, v in m["evals"].items()},
@@ -109,13 +109,13 @@ def client():
 
 
 def _digests(store: Store, recipes) -> dict[str, str]:
-    m = M.build(recipes, SPEC.key(), store)
+    m = M.compute(recipes, SPEC.key(), store)
     return {**{k: v["digest"] for k, v in m["models"].items()},
             **{k: v["digest"] for k, v in m["evals"].items()}}
 
 
 def test_a_profile_trains_on_the_cluster(client, tmp_path):
-    from rmpm.book import populations as X
+    from rmpm.analysis import populations as X
     store = Store(tmp_path)
     out = X.train_profile("smoke_multi", datasets=["digits"], factors=["init_seed", "lr"],
                           store=store, progress=False, workers=2)

@@ -2,10 +2,13 @@
 import numpy as np
 import pytest
 
-from rmpm.book import populations as X
-from rmpm.book.profiles import Profile
+from rmpm.analysis import populations as X
+from rmpm.analysis.profiles import Profile
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.store import Store
+
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
 
 BASE = Recipe(dataset="digits", arch="cnn", width=4, epochs=1, batch_size=64, lr=5e-3)
 TINY = Profile(name="tiny", description="test", datasets=("digits",), base={"digits": BASE},
@@ -66,14 +69,14 @@ def test_measures_another_process_is_computing_are_waited_for(store, monkeypatch
     import threading
     import time
 
-    from rmpm.pipeline.claims import Claim, lock_path
+    from rmpm.pipeline.locks import Lock, lock_path
     pop = X.factor_populations(TINY, "digits", ["lr"])["lr"][1]
     key = X.measures_key(pop, TINY, "positions")  # not computed by the tests above
     assert not store.derived_dir(key).exists()
     calls, compute = [], X.population_measures
     monkeypatch.setattr(X, "population_measures",
                         lambda *a, **k: calls.append(1) or compute(*a, **k))
-    other = Claim(lock_path(store.root, "derived", key))  # "another process" holds it
+    other = Lock(lock_path(store.root, "derived", key))  # "another process" holds it
     assert other.try_acquire()
     out = {}
     t = threading.Thread(target=lambda: out.update(
@@ -123,7 +126,7 @@ def test_factor_table_for_a_resnet(store):
     assert layers == ["stem", "stage1", "stage2", "stage3", "logits"]
     assert all(0 < df[f"rm:{l}"].iloc[0] < 1 for l in layers)  # 3 seeds: some, not total, difference
     assert df["pm:iid"].iloc[0] > 0
-    from rmpm.book.factor_analysis import layer_names
+    from rmpm.analysis.factor_analysis import layer_names
     assert layer_names(df) == layers
 
 

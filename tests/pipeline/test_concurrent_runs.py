@@ -1,4 +1,4 @@
-"""Concurrent runs on one store share the work (rmpm.pipeline.claims).
+"""Concurrent runs on one store share the work (rmpm.pipeline.locks).
 
 A recipe another process is training is deferred, then waited for, not trained
 again; a claim whose holder is killed (a real SIGKILL) expires, and the waiting run
@@ -17,25 +17,28 @@ from pathlib import Path
 
 import pytest
 
-from rmpm.book import populations as X
+from rmpm.analysis import populations as X
 from rmpm.cli import main
-from rmpm.pipeline.claims import Claim, lock_path
+from rmpm.pipeline.locks import Lock, lock_path
 from rmpm.pipeline.runs import run_recipes
 from rmpm.pipeline.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = X.profile_recipes("smoke_multi", datasets=["digits"], factors=["init_seed"])[:4]
 SPEC = X.eval_spec("smoke_multi")
 
 #: holds the claim on RECIPES[0]; on "train" trains and stores it, then lets go
 _HOLDER = """
 import sys
-from rmpm.pipeline.claims import Claim, lock_path
+from rmpm.pipeline.locks import Lock, lock_path
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.store import Store
+
 r = Recipe.from_dict({recipe!r})
 store = Store({store!r})
-claim = Claim(lock_path(store.root, "models", r.key()))
+claim = Lock(lock_path(store.root, "models", r.key()))
 assert claim.try_acquire()
 print("held", flush=True)
 if sys.stdin.readline().strip() == "train":
@@ -70,7 +73,7 @@ def test_a_killed_holders_claim_expires(tmp_path):
     """filelock's claim is an flock: the OS drops it when its holder dies by SIGKILL."""
     store = tmp_path / "store"
     holder = _holder(store)
-    claim = Claim(lock_path(store, "models", RECIPES[0].key()))
+    claim = Lock(lock_path(store, "models", RECIPES[0].key()))
     assert not claim.try_acquire()  # held by the other process
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
@@ -81,15 +84,15 @@ def test_a_killed_holders_claim_expires(tmp_path):
 
 
 def test_store_sweep_removes_old_lock_files_nobody_holds(tmp_path, capsys):
-    """Lock files stay after a run (see rmpm.pipeline.claims); `rmpm store sweep` removes
+    """Lock files stay after a run (see rmpm.pipeline.locks); `rmpm store sweep` removes
     the old ones that are free, never one another process holds or a fresh one."""
-    from rmpm.pipeline.claims import sweep
+    from rmpm.pipeline.locks import sweep
     store = tmp_path / "store"
     holder = _holder(store)  # another process holds RECIPES[0]'s claim
     held = lock_path(store, "models", RECIPES[0].key())
     free_old, free_new = (lock_path(store, "evals", r.key()) for r in RECIPES[1:3])
     for f in (free_old, free_new):
-        c = Claim(f)
+        c = Lock(f)
         assert c.try_acquire()
         c.release()
     old = time.time() - 7200
@@ -108,7 +111,7 @@ def test_store_sweep_removes_old_lock_files_nobody_holds(tmp_path, capsys):
 def test_a_claim_held_past_the_timeout_is_computed_anyway(tmp_path):
     """A holder that is alive but never finishes (hung): the waiting task gives up after
     its timeout, warns, and computes the entry itself (the atomic commit keeps one copy)."""
-    from rmpm.pipeline.claims import work_through
+    from rmpm.pipeline.locks import work_through
     store = tmp_path / "store"
     holder = _holder(store)  # holds RECIPES[0] until told otherwise
     done, computed = set(), []

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from rmpm.book.profiles import PROFILES, get_profile
+from rmpm.analysis.profiles import PROFILES, get_profile
 from rmpm.pipeline.recipe import FACTORS, Recipe, replicate_base, unique_recipes, vary
 
 
@@ -142,7 +142,7 @@ def test_relative_values_scale_each_data_set_base():
 def test_every_profile_gives_every_factor_the_same_population_size():
     # PM (a variance over models with ddof=0) grows with the number of models, so
     # populations compared with each other must be equally large
-    from rmpm.book.profiles import PROFILES
+    from rmpm.analysis.profiles import PROFILES
     for p in PROFILES.values():
         sizes = {f: len(v) for f, v in p.factors.items()}
         assert len(set(sizes.values())) == 1, (p.name, sizes)

@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from rmpm.book import manifest as M
+from rmpm.book import records as R
 from rmpm.cli import main
 from rmpm.pipeline.evaluate import EvalSpec
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.runs import run_recipes
 from rmpm.pipeline.store import Store
+from rmpm.book import builds as BD
+from rmpm.book import reproducibility as RP
+
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
 
 TINY = Recipe(dataset="digits", arch="mlp", width=8, epochs=1, batch_size=64, lr=5e-3)
 SPEC = EvalSpec(n_test=60, n_probe=30)
@@ -29,7 +35,7 @@ def built(tmp_path):
     (res / "03_rm_by_factor.json").write_text(json.dumps(
         {"name": "03_rm_by_factor", "profile": "smoke", "written": "then",
          "values": {"rm": 0.25, "table": [1.0, 2.0]}}))
-    man = M.build(RECIPES, SPEC.key(), store, res, environment={"profile": "smoke"})
+    man = M.compute(RECIPES, SPEC.key(), store, res, environment={"profile": "smoke"})
     path = M.write(man, tmp_path / "manifest.json")
     return store, res, path
 
@@ -47,18 +53,18 @@ def test_digests_are_of_content_not_files(built, tmp_path):
     assert M.eval_digest(ev) == before
     # a result file's time stamp does not count, its values do
     doc = json.loads((res / "03_rm_by_factor.json").read_text())
-    assert M.values_digest(doc["values"]) == M.values_digest({**doc["values"]})
-    assert M.values_digest({"rm": 0.25, "seconds": 1}) == M.values_digest({"rm": 0.25, "seconds": 2})
-    assert M.values_digest({"rm": 0.25}) != M.values_digest({"rm": 0.26})
+    assert R.content_digest(doc["values"]) == R.content_digest({**doc["values"]})
+    assert R.content_digest({"rm": 0.25, "seconds": 1}) == R.content_digest({"rm": 0.25, "seconds": 2})
+    assert R.content_digest({"rm": 0.25}) != R.content_digest({"rm": 0.26})
     # timings and cache provenance of a calibration are not results (two clean CI
     # builds of the default book differed only in them: 55.8 s vs 60.2 s)
     a = {"calibration": [{"rate": 0.043, "seconds": 0.33, "cached": False}],
          "calibration_cost": {"seconds_to_compute": 55.8, "seconds_computed_now": 55.8}}
     b = {"calibration": [{"rate": 0.043, "seconds": 0.30, "cached": True}],
          "calibration_cost": {"seconds_to_compute": 60.2, "seconds_computed_now": 0.0}}
-    assert M.values_digest(a) == M.values_digest(b)
+    assert R.content_digest(a) == R.content_digest(b)
     b["calibration"][0]["rate"] = 0.044
-    assert M.values_digest(a) != M.values_digest(b)
+    assert R.content_digest(a) != R.content_digest(b)
 
 
 def test_verify_identical(built):
@@ -83,8 +89,8 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     m["test_acc"] += 0.125
     (e.path / "metrics.json").write_text(json.dumps(m))
     # a consistent entry of other content (not damage, which the store would quarantine)
-    from rmpm.pipeline.store import write_manifest
-    write_manifest(e.path)
+    from rmpm.pipeline.store import write_checksums
+    write_checksums(e.path)
     # the second model's evaluation is gone
     shutil.rmtree(store.eval(RECIPES[1], SPEC.key()).path)
     # and a result value moved
@@ -93,8 +99,8 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     doc["values"]["rm"] = 0.75
     f.write_text(json.dumps(doc))
     # a rule that turns on that value, so the verdict flips
-    import rmpm.book.claims as C
-    monkeypatch.setattr(C, "all_verdicts", lambda vals, **kw: [C.Verdict(
+    import rmpm.analysis.verdicts as C
+    monkeypatch.setattr(M, "all_verdicts", lambda vals, **kw: [C.Verdict(
         "C1", C.SUPPORTED if vals["03_rm_by_factor"]["rm"] < 0.5 else C.NOT_SUPPORTED, "", "")])
 
     rep = M.verify(M.load(path), store, res)
@@ -131,7 +137,6 @@ def test_bad_manifest(tmp_path, capsys):
 def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
     """The build's manifest covers the profile's models and any model a result file
     names; the page states the mode, engine, CPU and the digests."""
-    import rmpm.book.populations as X
     from rmpm import paths
     from rmpm.book import build as book
     store = Store(tmp_path / "store")
@@ -145,8 +150,8 @@ def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
     monkeypatch.setenv("RMPM_STORE", str(store.root))
     monkeypatch.setenv("RMPM_RESULTS", str(res))
     monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "gen")
-    monkeypatch.setattr(X, "profile_recipes", lambda profile: list(RECIPES))
-    monkeypatch.setattr(X, "eval_spec", lambda profile: SPEC)
+    monkeypatch.setattr(book, "profile_recipes", lambda profile: list(RECIPES))
+    monkeypatch.setattr(book, "eval_spec", lambda profile: SPEC)
     info = {"profile": "smoke", "git_commit": "abc", "built": "now",
             **book._engine_info({"workers": 2, "threads_per_worker": 1, "deterministic": True,
                                  "scheduler": "embedded LocalCluster"})}
@@ -156,7 +161,7 @@ def test_book_manifest_and_reproducibility_section(tmp_path, monkeypatch):
     assert m["environment"]["engine"]["workers"] == 2
     assert m["environment"]["worker_env"]["ATEN_CPU_CAPABILITY"] == "avx2"
     assert M.verify(m, store, res).identical
-    text = "\n".join(book.compute_section(info))
+    text = "\n".join(RP.compute_section(info))
     assert "deterministic: CPU kernels pinned to AVX2, one thread" in text
     assert "2 worker process(es)" in text and "OPENBLAS_CORETYPE=Haswell" in text
     assert "python -m rmpm verify manifest.json" in text
@@ -200,18 +205,17 @@ def test_verify_finds_the_results_of_the_build_its_manifest_names(built, tmp_pat
     """`rmpm verify manifest.json` as the README writes it: no --results. The
     manifest's own build if it is here, else the profile's latest build."""
     from rmpm import paths
-    from rmpm.book import build as book
     store, res, path = built
     monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "gen")
     monkeypatch.setenv("RMPM_STORE", str(store.root))
-    own = book.new_build("smoke")
+    own = BD.new_build("smoke")
     shutil.copy(res / "03_rm_by_factor.json", own.results_dir)
-    own = book.finish_build(own)
-    later = book.new_build("smoke")  # another build, whose results differ
+    own = BD.finish_build(own)
+    later = BD.new_build("smoke")  # another build, whose results differ
     doc = json.loads((res / "03_rm_by_factor.json").read_text())
     doc["values"]["rm"] = 0.5
     (later.results_dir / "03_rm_by_factor.json").write_text(json.dumps(doc))
-    later = book.finish_build(later)  # the latest
+    later = BD.finish_build(later)  # the latest
     m = M.load(path)
     m["environment"]["build"] = own.id
     folder, why = M.results_folder(m)

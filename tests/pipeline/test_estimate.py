@@ -2,7 +2,7 @@
 import pytest
 
 from rmpm.pipeline import estimate as T
-from rmpm.book.populations import profile_recipes
+from rmpm.analysis.populations import profile_recipes
 from rmpm.pipeline.recipe import Recipe
 
 
@@ -28,6 +28,7 @@ def test_profile_seconds_adds_model_epochs_at_their_cost():
         T.profile_seconds([a], cost, workers=0)
 
 
+@pytest.mark.trains
 def test_epoch_seconds_measures_a_positive_cost():
     r = Recipe(dataset="digits", arch="mlp", width=8, epochs=5, batch_size=64)
     assert 0 < T.epoch_seconds(r, sample=200) < 1.0

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from rmpm.book import factor_analysis as A, calibration as C, claims, decisions as D
-from rmpm.book.claims import NOT_EVIDENCE, NOT_SUPPORTED, NOT_TESTED, PARTLY, SUPPORTED
+from rmpm.analysis import calibration as C, evidence as D, factor_analysis as A, verdicts as claims
+from rmpm.analysis.verdicts import NOT_EVIDENCE, NOT_SUPPORTED, NOT_TESTED, PARTLY, SUPPORTED
 from rmpm.measures.stats import kendalls_w_permutation
 
 DESIGN = C.design("default")

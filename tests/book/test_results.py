@@ -11,6 +11,10 @@ import pytest
 from rmpm import paths
 
 from rmpm.book import build as book
+
+from rmpm.book import notebooks as NB
+
+from rmpm.book import builds as BD
 from rmpm.book import chapter as N, records as results
 
 
@@ -33,8 +37,8 @@ def _digests(d):
 
 def test_a_build_has_its_own_results_and_interactive_runs_write_elsewhere(no_results_env):
     root = no_results_env / "builds"
-    b = book.new_build("smoke", root)
-    with book.build_env(b):
+    b = BD.new_build("smoke", root)
+    with BD.build_env(b):
         results.save("02_populations", "smoke", {"x": 1})
         assert results.values("02_populations", "smoke") == {"x": 1}
     book_files = _digests(b.results_dir)
@@ -45,25 +49,25 @@ def test_a_build_has_its_own_results_and_interactive_runs_write_elsewhere(no_res
     assert json.loads(path.read_text())["build"] == results.INTERACTIVE
     assert results.values("02_populations", "smoke") == {"x": 2}
     assert _digests(b.results_dir) == book_files
-    with book.build_env(b):  # the book reads only its own build's files
+    with BD.build_env(b):  # the book reads only its own build's files
         assert results.values("02_populations", "smoke") == {"x": 1}
-        assert set(results.digests()) == {"02_populations"}
+        assert set(results.file_digests()) == {"02_populations"}
     assert results.values("02_populations", "default") is None  # never mixes profiles
 
 
 def test_only_starts_a_new_build_from_a_copy_of_the_latest(no_results_env):
     root = no_results_env / "builds"
-    first = book.new_build("smoke", root)
-    with book.build_env(first):
+    first = BD.new_build("smoke", root)
+    with BD.build_env(first):
         results.save("03_rm_by_factor", "smoke", {"x": 3})
-    first = book.finish_build(first)
+    first = BD.finish_build(first)
     before = _digests(first.results_dir)
-    second = book.new_build("smoke", root, inherit=True)
+    second = BD.new_build("smoke", root, inherit=True)
     assert second.dir != first.dir and _digests(second.results_dir) == before
-    with book.build_env(second):
+    with BD.build_env(second):
         results.save("03_rm_by_factor", "smoke", {"x": 4})
     assert _digests(first.results_dir) == before
-    assert book.latest_build("smoke", root) == first
+    assert BD.latest_build("smoke", root) == first
 
 
 def test_run_notebooks_with_no_names_is_an_error():
@@ -99,7 +103,7 @@ def test_parameters_are_checked_in_the_notebook_itself():
 
 def test_every_notebook_checks_its_parameters_first():
     import nbformat
-    for path in book.notebook_paths():
+    for path in NB.notebook_paths():
         nb = nbformat.read(path, as_version=4)
         i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         first = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")
@@ -111,7 +115,7 @@ def test_every_notebook_checks_its_parameters_first():
 
 def _papermill(nb, out, *params):
     cmd = [sys.executable, "-m", "papermill", str(paths.notebooks_dir() / f"{nb}.ipynb"), str(out),
-           "-k", book.kernel_name(), "--no-progress-bar", *params]
+           "-k", NB.kernel_name(), "--no-progress-bar", *params]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -132,7 +136,7 @@ def test_plain_papermill_after_a_book_build_leaves_the_book_results_unchanged(no
     tmp = no_results_env
     book.run_notebooks("smoke", only=["02_populations"], out_dir=tmp / "executed",
                        builds_dir=tmp / "builds")
-    built = book.latest_build("smoke", tmp / "builds")
+    built = BD.latest_build("smoke", tmp / "builds")
     before = _digests(built.results_dir)
     assert set(before) == {"02_populations.json"}
     assert json.loads((built.results_dir / "02_populations.json").read_text())["build"] == built.id
@@ -143,14 +147,14 @@ def test_plain_papermill_after_a_book_build_leaves_the_book_results_unchanged(no
     assert _digests(built.results_dir) == before
     mine = json.loads((results.interactive_dir() / "02_populations.json").read_text())
     assert mine["build"] == "interactive" and mine["profile"] == "smoke"
-    with book.build_env(built):
+    with BD.build_env(built):
         assert results.load("02_populations")["build"] == built.id
 
 
 def test_a_stopped_or_failed_build_leaves_nothing_that_looks_like_a_build(no_results_env,
                                                                         monkeypatch):
     root = no_results_env / "builds"
-    done = book.finish_build(book.new_build("smoke", root))
+    done = BD.finish_build(BD.new_build("smoke", root))
     calls = []
 
     def execute(nb, out, params, **kw):  # the first notebook runs, the second is stopped
@@ -168,24 +172,24 @@ def test_a_stopped_or_failed_build_leaves_nothing_that_looks_like_a_build(no_res
     assert e.value.note.endswith(f"(1 of 9 notebook(s) had run) and is discarded; the latest "
                                  f"smoke build is still {done.id}")
     assert sorted(p.name for p in (root / "smoke").iterdir()) == [done.id, "latest"]
-    assert book.latest_build("smoke", root) == done
+    assert BD.latest_build("smoke", root) == done
     monkeypatch.setattr(book, "execute", lambda *a, **k: 1 / 0)  # a failing notebook
     with pytest.raises(book.NotebookFailed) as e:
         book.run_notebooks("smoke", out_dir=no_results_env / "executed", builds_dir=root)
     # kept for inspection under a name no finished build has
     [failed] = [p for p in (root / "smoke").iterdir() if p.name.startswith(".failed-")]
-    assert f"status: {failed / book.STATUS}" in str(e.value)
+    assert f"status: {failed / BD.STATUS}" in str(e.value)
     assert sorted(p.name for p in (root / "smoke").iterdir()) == sorted(
         [done.id, "latest", failed.name])
-    assert book.latest_build("smoke", root) == done
+    assert BD.latest_build("smoke", root) == done
 
 
 _KILLED = """
 import os, sys
 from pathlib import Path
-from rmpm.book import build as book, records
-b = book.new_build("smoke", Path({root!r}))
-with book.build_env(b):
+from rmpm.book import builds as BD, records
+b = BD.new_build("smoke", Path({root!r}))
+with BD.build_env(b):
     records.save("02_populations", "smoke", {{"x": 1}})
 print(b.dir, flush=True)
 sys.stdin.readline()
@@ -209,24 +213,24 @@ def test_a_killed_build_leaves_only_a_hidden_partial_that_the_next_build_sets_as
     procs[0].wait(10)
     assert killed.is_dir() and killed.name.startswith(".partial-")
     assert [p.name for p in (root / "smoke").iterdir() if not p.name.startswith(".")] == []
-    assert book.latest_build("smoke", root) is None
-    b = book.new_build("smoke", root)  # sweeps what the killed one left
+    assert BD.latest_build("smoke", root) is None
+    b = BD.new_build("smoke", root)  # sweeps what the killed one left
     assert not killed.exists() and alive.is_dir()
     assert (root / "smoke" / killed.name.replace(".partial-", ".failed-")).is_dir()
-    assert book.latest_build("smoke", root) is None
+    assert BD.latest_build("smoke", root) is None
     procs[1].stdin.close()
     procs[1].wait(10)
-    book.abandon_build(b)
+    BD.abandon_build(b)
 
 
 def test_reports_go_to_the_builds_own_folder(no_results_env):
     root = no_results_env / "builds"
-    b = book.new_build("smoke", root)
-    with book.build_env(b):
+    b = BD.new_build("smoke", root)
+    with BD.build_env(b):
         assert results.reports_dir() == b.reports_dir
         (results.reports_dir() / "07_x").mkdir(parents=True)
     assert results.reports_dir() == paths.cache_root() / "reports"  # interactive runs
-    done = book.finish_build(b)
+    done = BD.finish_build(b)
     assert (done.dir / "reports" / "07_x").is_dir() and done.reports_dir.parent == done.dir
     assert not (paths.generated_dir() / "reports" / "07_x").exists()
 
@@ -238,13 +242,13 @@ def test_a_parameter_error_in_the_kernel_is_one_line(no_results_env, monkeypatch
     import nbformat
     from papermill.exceptions import PapermillExecutionError
     out = no_results_env / "o.ipynb"
-    monkeypatch.setattr(book, "check_parameters", lambda *a: None)  # let it reach the kernel
+    monkeypatch.setattr(NB, "check_papermill_parameters", lambda *a: None)  # let it reach the kernel
     with pytest.raises(PapermillExecutionError) as e:
-        book.execute(paths.notebooks_dir() / "08_claims.ipynb", out,
+        NB.execute(paths.notebooks_dir() / "08_claims.ipynb", out,
                      {"profile": "smoke", "alpha": "abc"})
     want = "ParameterError: 08_claims: parameter alpha='abc' must be a number"
     assert e.value.traceback == [want]
-    assert book._one_line(e.value).endswith(f"raised {want}")
+    assert NB.error_line(e.value).endswith(f"raised {want}")
     nb = nbformat.read(out, as_version=4)
     [err] = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
              if o.output_type == "error"]

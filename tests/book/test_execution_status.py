@@ -10,6 +10,12 @@ import pytest
 
 from rmpm import paths
 from rmpm.book import build as B
+from rmpm.book import notebooks as NB
+from rmpm.book import builds as BD
+from rmpm.book import reproducibility as RP
+
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
 
 
 def _notebook(path, *sources):
@@ -30,18 +36,18 @@ def book(tmp_path, monkeypatch):
     _notebook(nbs / "02_second.ipynb", "x = 2 * 21", "print(x)")
     monkeypatch.setattr(paths, "notebooks_dir", lambda: nbs)
     monkeypatch.setattr(paths, "executed_dir", lambda: tmp_path / "executed")
-    monkeypatch.setattr(B, "kernel_name", lambda: "python3")
+    monkeypatch.setattr(NB, "kernel_name", lambda: "python3")
     return tmp_path
 
 
 def _status(build_dir):
-    return json.loads((build_dir / B.STATUS).read_text())
+    return json.loads((build_dir / BD.STATUS).read_text())
 
 
 def test_status_records_what_ran_and_what_was_reused(book):
     builds = book / "builds"
     B.run_notebooks("smoke", builds_dir=builds)
-    first = B.latest_build("smoke", builds)
+    first = BD.latest_build("smoke", builds)
     s1 = _status(first.dir)
     assert s1["state"] == "finished" and s1["build"] == first.id
     for name in ("01_first", "02_second"):
@@ -51,7 +57,7 @@ def test_status_records_what_ran_and_what_was_reused(book):
 
     # --only: a new build runs one chapter and inherits the other's record
     B.run_notebooks("smoke", only=["02_second"], builds_dir=builds)
-    second = B.latest_build("smoke", builds)
+    second = BD.latest_build("smoke", builds)
     assert second.id != first.id
     s2 = _status(second.dir)["notebooks"]
     assert s2["02_second"]["state"] == "ran" and s2["02_second"]["build"] == second.id
@@ -59,15 +65,15 @@ def test_status_records_what_ran_and_what_was_reused(book):
 
     # a third build reusing it still names the build that really executed it
     B.run_notebooks("smoke", only=["02_second"], builds_dir=builds)
-    third = B.latest_build("smoke", builds)
+    third = BD.latest_build("smoke", builds)
     assert _status(third.dir)["notebooks"]["01_first"]["build"] == first.id
 
-    lines = "\n".join(B.execution_section({"execution": _status(second.dir)}))
+    lines = "\n".join(RP.execution_section({"execution": _status(second.dir)}))
     assert "## Execution status" in lines and "reused" in lines
     assert f"| [01_first](../_executed/01_first.ipynb) | reused | `{first.id}` |" in lines
     assert f"| [02_second](../_executed/02_second.ipynb) | ran | `{second.id}` |" in lines
     assert "completed" in lines
-    assert B.execution_section({"execution": None}) == []
+    assert RP.execution_section({"execution": None}) == []
 
 
 def test_a_failing_notebook_is_kept_and_named(book):
@@ -77,7 +83,7 @@ def test_a_failing_notebook_is_kept_and_named(book):
     with pytest.raises(B.NotebookFailed) as e:
         B.run_notebooks("smoke", builds_dir=builds)
     msg = str(e.value)
-    assert B.latest_build("smoke", builds) is None  # a failed build never becomes the latest
+    assert BD.latest_build("smoke", builds) is None  # a failed build never becomes the latest
     bdir = next((builds / "smoke").iterdir())
     status = _status(bdir)
     entry = status["notebooks"]["03_fails"]
@@ -91,7 +97,7 @@ def test_a_failing_notebook_is_kept_and_named(book):
     # the kept copy is what papermill wrote: the cells before the failure, with outputs
     text = kept.read_text()
     assert "got this far" in text and "boom" in text
-    for named in (str(paths.executed_dir() / "03_fails.ipynb"), str(kept), str(bdir / B.STATUS),
+    for named in (str(paths.executed_dir() / "03_fails.ipynb"), str(kept), str(bdir / BD.STATUS),
                   "ValueError: boom", "03_fails.ipynb failed in build"):
         assert named in msg
     assert "\n" not in msg  # one line (the CLI prints `rmpm book: error: ...`)
@@ -112,8 +118,8 @@ def test_papermill_status_reads_the_record(tmp_path):
     p = tmp_path / "x.ipynb"
     nb = nbformat.v4.new_notebook()
     nbformat.write(nb, p)
-    assert B.papermill_status(p) is None
+    assert NB.papermill_status(p) is None
     nb.metadata["papermill"] = {"exception": False}
     nbformat.write(nb, p)
-    assert B.papermill_status(p) == "completed"
-    assert B.papermill_status(tmp_path / "missing.ipynb") is None
+    assert NB.papermill_status(p) == "completed"
+    assert NB.papermill_status(tmp_path / "missing.ipynb") is None

@@ -5,7 +5,8 @@ import re
 import nbformat
 import pytest
 
-from rmpm.book import build as book
+
+from rmpm.book import notebooks as NB
 from rmpm.book.chapter import split_figure_outputs
 
 NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
@@ -13,7 +14,7 @@ NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
 
 def _figures():
     out = {}
-    for path in book.notebook_paths():
+    for path in NB.notebook_paths():
         nb = nbformat.read(path, as_version=4)
         for c in nb.cells:
             fig = c.metadata.get("mystnb", {}).get("figure")
@@ -28,7 +29,7 @@ def test_figure_labels_are_unique_and_every_reference_resolves():
     figures = _figures()
     assert len(figures) >= 20
     assert all(len(v) == 1 for v in figures.values()), {k: v for k, v in figures.items() if len(v) > 1}
-    for path in book.notebook_paths():
+    for path in NB.notebook_paths():
         nb = nbformat.read(path, as_version=4)
         text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
         mine = {n for n, (stem,) in figures.items() if stem == path.stem}

@@ -12,11 +12,14 @@ import pytest
 
 from rmpm.book import archive as A
 from rmpm.book import manifest as M
-from rmpm.book import populations as X
-from rmpm.book.profiles import get_profile
+from rmpm.analysis import populations as X
+from rmpm.analysis.profiles import get_profile
 from rmpm.cli import main
 from rmpm.pipeline.runs import run_recipes
 from rmpm.pipeline.store import Store, commit_dir
+
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
 
 _R = get_profile("smoke_multi").reference["digits"].replace(epochs=1, width=16)
 TINY = get_profile("smoke_multi").replace(
@@ -52,7 +55,7 @@ def source(tmp_path_factory):
         {"name": "03_rm_by_factor", "profile": PROFILE, "build": BUILD, "written": "then",
          "values": {"rm": 0.25, "keys": list(pop.keys)}}))
     (bdir / "build_info.json").write_text(json.dumps({"profile": PROFILE, "build": BUILD}))
-    man = M.build(pop.recipes, spec.key(), store, bdir / "results",
+    man = M.compute(pop.recipes, spec.key(), store, bdir / "results",
                   environment={"profile": PROFILE, "build": BUILD})
     M.write(man, bdir / "manifest.json")
     (builds / PROFILE / "latest").write_text(BUILD + "\n")

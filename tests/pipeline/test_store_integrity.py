@@ -22,12 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-from rmpm.book import populations as X
+from rmpm.analysis import populations as X
 from rmpm.cli import main
-from rmpm.book.profiles import get_profile
+from rmpm.analysis.profiles import get_profile
 from rmpm.pipeline.runs import run_recipes
-from rmpm.pipeline.store import (MANIFEST, QUARANTINE, DamagedEntryError, Store, StoreDamageWarning,
+from rmpm.pipeline.store import (CHECKSUMS, QUARANTINE, DamagedEntryError, Store, StoreDamageWarning,
                         StoreWriteError, check_entry)
+
+#: every test here trains a model or runs a notebook (tests/conftest.py)
+pytestmark = pytest.mark.trains
 
 _R = get_profile("smoke_multi").reference["digits"].replace(epochs=1, width=16)
 TINY = get_profile("smoke_multi").replace(
@@ -148,7 +151,7 @@ def test_legacy_entries_are_checked_by_parsing_and_upgraded(clean, tmp_path, cap
     shutil.copytree(clean[0], root)
     good, bad = list(Store(root).entry_dirs("models"))
     for d in (good, bad):  # as written before manifests existed
-        (d / MANIFEST).unlink()
+        (d / CHECKSUMS).unlink()
     _truncate(bad / "model.pt")
     rc, out = verify(root, capsys)
     assert rc == 1 and f"DAMAGED models/{bad.parent.name}/{bad.name}: model.pt: does not parse" in out
@@ -156,7 +159,7 @@ def test_legacy_entries_are_checked_by_parsing_and_upgraded(clean, tmp_path, cap
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StoreDamageWarning)
         assert_same_numbers(run(Store(root)), clean[1])
-    assert (good / MANIFEST).is_file() and not check_entry(good)[0]  # upgraded in place
+    assert (good / CHECKSUMS).is_file() and not check_entry(good)[0]  # upgraded in place
     rc, out = verify(root, capsys)
     assert rc == 0 and "0 legacy" in out
 
@@ -214,7 +217,7 @@ def test_kill_9_at_random_points_ends_clean(clean, tmp_path, capsys):
     root = tmp_path / "store"
     work_s = clean[2]
     rng = random.Random(1234)  # the kill points are random but reproducible
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     code = _CHILD.format(tests=str(Path(__file__).parent), root=str(root))
     # a kill before the first commit leaves no entry; the folder must still verify
     root.mkdir()

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rmpm.book import finite_samples as S
+from rmpm.analysis import finite_samples as S
 
 
 def _probs(m, n, k=4, seed=0, noise=1.0):
@@ -116,7 +116,7 @@ def test_fast_rm_matches_the_similarity_module():
 def test_positions_rows_are_resampled_by_input():
     # (input, position) rows: inputs own 1-3 rows each; subsamples and the null
     # must take whole inputs, and "n inputs" counts inputs, not rows
-    from rmpm.book import finite_samples as S
+    from rmpm.analysis import finite_samples as S
     rng = np.random.default_rng(0)
     owner = np.repeat(np.arange(40), rng.integers(1, 4, 40))
     acts = {"conv": [rng.normal(size=(len(owner), 5)) for _ in range(3)]}
@@ -196,7 +196,7 @@ def test_small_sample_rm_leaves_out_layers_as_wide_as_the_sample():
     assert np.allclose(loose["rm_small"], both)
     strict = _fake_table(max_fill=1e-9)
     assert strict["rm_small"].isna().all()
-    from rmpm.book import decisions as D
+    from rmpm.analysis import evidence as D
     ev = D.c2_evidence(strict, 30, n_perm=20, n_boot=0)
     assert ev.rm_acc is None and ev.rm_pm is None and ev.pm_acc is not None
     # RM untestable on one data set only: the prediction is tested on the other
