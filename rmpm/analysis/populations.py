@@ -20,7 +20,7 @@ from ..pipeline.recipe import FACTORS, Population, Recipe, dedupe, unique_recipe
 from ..pipeline.runs import RunResult, run_recipes
 from ..pipeline.runs import shard as shard_recipes
 from ..pipeline.store import Store
-from .profiles import Profile, get_profile
+from .profiles import FitRule, Profile, get_profile
 
 
 def eval_spec(profile: str | Profile) -> EvalSpec:
@@ -267,6 +267,83 @@ def population_accuracy(profile: str | Profile, datasets: Sequence[str] | None =
                          "range within a population": float(np.mean(
                              [max(a) - min(a) for a in accs]))})
     return pd.DataFrame(rows)
+
+
+def training_fit(profile: str | Profile, datasets: Sequence[str] | None = None,
+                 store: Store | str | None = None, train: bool | None = None,
+                 device: str | None = None, progress: bool = False
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Are the populations equally good on their training data (the paper's premise)?
+
+    Returns (per model of the reference and every factor population: data set,
+    population, replicate, key, final training accuracy and loss, the last epoch's
+    relative drop of the training loss, test accuracy, the profile's fit rule for the
+    data set and whether the model meets it, None without a rule; per population: the
+    means, the lowest training accuracy, how many models meet the rule, and ``flag``,
+    why it is not equally good on training data, "" if it is). A population is flagged
+    when its mean training accuracy is more than the profile's ``train_acc_tolerance``
+    below its data set's reference population's, or when any of its models misses the
+    fit rule. Trains what is missing first (``train``, as :func:`factor_table`)."""
+    p = get_profile(profile)
+    st = store if isinstance(store, Store) else Store(store)
+    if train is None:
+        train = not trained_by_build(p)
+    rows = []
+    for ds in datasets or p.datasets:
+        pops = {"reference": [reference_population(p, ds)], **factor_populations(p, ds)}
+        if train:
+            train_profile(p, [ds], list(pops)[1:], device=device or p.device, store=st,
+                          progress=progress)
+        rule = p.fit_rule.get(ds)
+        for name, reps in pops.items():
+            for pop in reps:
+                for r in pop.recipes:
+                    e = st.model(r)
+                    m, h = e.metrics, e.history
+                    rows.append({"dataset": ds, "population": name,
+                                 "replicate": pop.replicate if name != "reference" else None,
+                                 "key": r.key(), "train_acc": float(m["train_acc"]),
+                                 "train_loss": float(m["train_loss"]),
+                                 "last_epoch_loss_drop": FitRule().loss_drop(h),
+                                 "test_acc": float(m["test_acc"]),
+                                 "fit_rule": rule.text() if rule else "none",
+                                 "meets_rule": None if rule is None else rule.met(m, h)})
+    per_model = _whole_replicates(pd.DataFrame(rows))
+    return per_model, _fit_by_population(per_model, p.train_acc_tolerance)
+
+
+def _whole_replicates(t: pd.DataFrame) -> pd.DataFrame:
+    # the reference population has no replicate: keep the others whole numbers, not floats
+    t["replicate"] = pd.Series([None if pd.isna(v) else int(v) for v in t["replicate"]],
+                               index=t.index, dtype=object)
+    return t
+
+
+def _fit_by_population(per_model: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """:func:`training_fit`'s per-population table, with its flags."""
+    out = []
+    keys = ["dataset", "population", "replicate"]
+    for (ds, name, rep), g in per_model.groupby(keys, sort=False, dropna=False):
+        ruled = g["meets_rule"].dropna()
+        out.append({"dataset": ds, "population": name,
+                    "replicate": None if pd.isna(rep) else int(rep), "models": len(g),
+                    "train_acc": float(g["train_acc"].mean()),
+                    "train_acc_min": float(g["train_acc"].min()),
+                    "train_loss": float(g["train_loss"].mean()),
+                    "test_acc": float(g["test_acc"].mean()),
+                    "meet_rule": None if ruled.empty else int(ruled.sum())})
+    t = _whole_replicates(pd.DataFrame(out))
+    ref = t[t["population"] == "reference"].set_index("dataset")["train_acc"]
+    flags = []
+    for row in t.itertuples():
+        why = []
+        below = ref[row.dataset] - row.train_acc
+        if below > tolerance:
+            why.append(f"training accuracy {100 * below:.1f} points below the reference's")
+        if row.meet_rule is not None and row.meet_rule < row.models:
+            why.append(f"{row.models - row.meet_rule} of {row.models} models miss the fit rule")
+        flags.append("; ".join(why))
+    return t.assign(flag=flags)
 
 
 def describe_recipe_difference(recipes: Sequence[Recipe]) -> dict[str, list[Any]]:

@@ -23,6 +23,41 @@ from ..pipeline.recipe import Recipe
 
 
 @dataclass(frozen=True)
+class FitRule:
+    """A profile's declared rule for "this model fits its training data", checked on
+    every stored model (the populations chapter shows each model's outcome): its final
+    training accuracy is at least ``min_train_acc``, and its last epoch lowered the
+    epoch-mean training loss by at most ``max_loss_drop`` of its value (a plateau).
+    A rule with neither is always met."""
+
+    min_train_acc: float | None = None
+    max_loss_drop: float | None = None
+
+    def loss_drop(self, history: list[dict[str, float]]) -> float | None:
+        """How much the last epoch lowered the epoch-mean training loss, relative to the
+        epoch before (None with one epoch)."""
+        if len(history) < 2:
+            return None
+        before, last = history[-2]["train_loss"], history[-1]["train_loss"]
+        return (before - last) / before if before > 0 else 0.0
+
+    def met(self, metrics: dict[str, float], history: list[dict[str, float]]) -> bool:
+        if self.min_train_acc is not None and metrics["train_acc"] < self.min_train_acc:
+            return False
+        if self.max_loss_drop is not None:
+            drop = self.loss_drop(history)
+            return drop is not None and drop <= self.max_loss_drop
+        return True
+
+    def text(self) -> str:
+        parts = ([f"training accuracy >= {self.min_train_acc:g}"] if self.min_train_acc is not None
+                 else []) + ([f"the last epoch lowers the training loss by <= "
+                              f"{100 * self.max_loss_drop:g} %"] if self.max_loss_drop is not None
+                             else [])
+        return " and ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -45,6 +80,12 @@ class Profile:
     #: data set -> the test accuracy its base recipe must reach (chapter 2 checks
     #: it), so that a profile cannot get fast by training toy models
     min_test_acc: dict[str, float] = field(default_factory=dict, repr=False)
+    #: data set -> the rule by which its models count as fitting their training data
+    #: (none: the profile trains its models short on purpose, and says so)
+    fit_rule: dict[str, FitRule] = field(default_factory=dict, repr=False)
+    #: a population whose mean training accuracy is more than this below that of its
+    #: data set's reference population is flagged as not equally good on training data
+    train_acc_tolerance: float = 0.02
     #: False for the toy profiles whose numbers only show that the pipeline runs
     evidence: bool = True
 

@@ -99,6 +99,39 @@ def accuracy_spread(populations, reference=None, floors: Mapping[str, float] | N
     return fig
 
 
+def training_fit(populations):
+    """Training against test accuracy of every population (one dot per population and
+    replicate), one panel per data set; the reference population as a black star, the
+    populations flagged as not equally good on training data circled in red.
+    ``populations``: the per-population table of
+    :func:`rmpm.analysis.populations.training_fit`."""
+    datasets = list(dict.fromkeys(populations["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets) + 0.6, 3.4),
+                             squeeze=False)
+    colours = factor_colours([f for f in dict.fromkeys(populations["population"])
+                              if f != "reference"])
+    for ax, ds in zip(axes[0], datasets):
+        t = populations[populations["dataset"] == ds]
+        for _, r in t.iterrows():
+            if r["population"] == "reference":
+                ax.plot(r["train_acc"], r["test_acc"], "*", color="black", ms=11,
+                        label="reference", zorder=3)
+                continue
+            ax.plot(r["train_acc"], r["test_acc"], "o", color=colours[r["population"]], ms=4)
+            if r["flag"]:
+                ax.plot(r["train_acc"], r["test_acc"], "o", mfc="none", mec="tab:red", ms=9,
+                        label="flagged")
+        ax.set_title(ds, fontsize=9)
+        ax.set_xlabel("training accuracy")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        keep = dict(zip(labels, handles))
+        ax.legend(keep.values(), keep.keys(), fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    return fig
+
+
 # -- finite samples and exposing multiplicity (chapters 06 and 07) ------------
 
 def estimate_vs_n(frames: Mapping[str, "object"], full: Mapping[str, float] | None = None,

@@ -37,6 +37,29 @@ def test_factor_table(store):
     assert len(list(store.models())) == 2 * (3 + 2) - 2 + 2
 
 
+def test_training_fit_records_the_rule_per_model_and_flags_populations(store):
+    from rmpm.analysis.profiles import FitRule
+    # after test_factor_table every model is stored: nothing is trained here
+    models, pops = X.training_fit(TINY, store=store, train=False)
+    assert len(models) == 3 + 2 * (3 + 2)  # the reference, then every factor population's
+    assert set(models["fit_rule"]) == {"none"} and models["meets_rule"].isna().all()
+    ref = pops[pops["population"] == "reference"]
+    assert len(ref) == 1 and ref["replicate"].iloc[0] is None and ref["flag"].iloc[0] == ""
+    assert list(pops["replicate"].iloc[1:]) == [0, 1, 0, 1]
+    for row in pops.itertuples():  # the flag follows the tolerance
+        below = ref["train_acc"].iloc[0] - row.train_acc
+        assert bool(row.flag) == (below > TINY.train_acc_tolerance)
+    # a rule no model meets: every model recorded as missing it, every population flagged
+    strict = TINY.replace(fit_rule={"digits": FitRule(min_train_acc=1.01)})
+    models, pops = X.training_fit(strict, store=store, train=False)
+    assert (models["meets_rule"] == False).all()  # noqa: E712
+    assert all("miss the fit rule" in f for f in pops["flag"])
+    assert set(models["fit_rule"]) == {"training accuracy >= 1.01"}
+    # a rule every model meets flags nothing beyond the tolerance
+    loose = TINY.replace(fit_rule={"digits": FitRule(min_train_acc=0.0)}, train_acc_tolerance=1.0)
+    assert (X.training_fit(loose, store=store, train=False)[1]["flag"] == "").all()
+
+
 def test_inside_a_book_build_the_table_is_read_without_training(store, monkeypatch):
     # after test_factor_table every model is stored; a build that trained the profile
     # sets RMPM_TRAINED, and then factor_table must not go through train_profile
