@@ -67,6 +67,9 @@ from .factors import BLOCK, block_matrix
 
 #: Default significance level of every rule.
 ALPHA = 0.05
+#: bump when an evidence function computes something else from the same table: a
+#: comparison of two builds (:mod:`rmpm.analysis.regimes`) refuses builds that differ
+EVIDENCE_VERSION = 1
 DIRECTIONS = ("greater", "less")
 
 

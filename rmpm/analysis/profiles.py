@@ -86,6 +86,9 @@ class Profile:
     #: a population whose mean training accuracy is more than this below that of its
     #: data set's reference population is flagged as not equally good on training data
     train_acc_tolerance: float = 0.02
+    #: the profile whose book this one's is compared with, chapter by chapter
+    #: (:mod:`rmpm.analysis.regimes`); its build runs first when there is none
+    compare_with: str | None = None
     #: False for the toy profiles whose numbers only show that the pipeline runs
     evidence: bool = True
 

@@ -226,7 +226,13 @@ PARAMETER_RULES = {
     "n_sim": (_int(1), True),
     "corruption": (_choice(lambda p: p.corruptions), True),
     "severity": (_choice(lambda p: p.severities), True),
+    "against": (_choice(lambda p: sorted(_profiles())), True),
 }
+
+
+def _profiles():
+    from ..analysis.profiles import PROFILES
+    return PROFILES
 
 _DECLARED: dict[str, dict] = {}
 

@@ -132,6 +132,44 @@ def training_fit(populations):
     return fig
 
 
+def regime_contrasts(contrasts):
+    """C1's contrasts (a factor's chance-adjusted RM minus a fresh seed's) in two regimes
+    against each other, one dot per factor, with the diagonal where they would agree;
+    with one regime's column only, that regime's contrasts by factor.
+    ``contrasts``: :attr:`rmpm.analysis.regimes.Comparison.contrasts` (columns: regimes)."""
+    cols = list(contrasts.columns)
+    colours = factor_colours(list(contrasts.index))
+    if len(cols) < 2 or contrasts[cols[1]].isna().all():
+        fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(contrasts) + 1.2))
+        col = cols[0]
+        t = contrasts[col].dropna().sort_values()
+        ax.barh(range(len(t)), t.to_numpy(), color=[colours[f] for f in t.index])
+        ax.set_yticks(range(len(t)))
+        ax.set_yticklabels(list(t.index), fontsize=8)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"C1 contrast with a fresh seed ({col})")
+        ax.set_title("the other regime is not built", fontsize=9)
+        fig.tight_layout()
+        return fig
+    a, b = cols[:2]
+    t = contrasts[[a, b]].dropna()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    lo = float(min(t.min().min(), 0.0))
+    hi = float(max(t.max().max(), 0.0))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, ls="--")
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.axvline(0, color="0.8", lw=0.8)
+    for f, r in t.iterrows():
+        ax.plot(r[a], r[b], "o", color=colours[f], ms=6)
+        ax.annotate(f, (r[a], r[b]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"C1 contrast with a fresh seed, {a}")
+    ax.set_ylabel(f"C1 contrast with a fresh seed, {b}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # -- finite samples and exposing multiplicity (chapters 06 and 07) ------------
 
 def estimate_vs_n(frames: Mapping[str, "object"], full: Mapping[str, float] | None = None,

@@ -134,6 +134,17 @@ def content_digests(folder: str | Path | None = None) -> dict[str, str]:
     return {p.stem: file_content_digest(p) for p in result_paths(folder)}
 
 
+def values_in(folder: str | Path, profile: str) -> dict[str, dict[str, Any]]:
+    """Result name -> values of every result file in ``folder`` made with ``profile``
+    (another build's, e.g. :attr:`rmpm.book.builds.Build.results_dir`)."""
+    out = {}
+    for p in result_paths(folder):
+        doc = json.loads(p.read_text())
+        if doc.get("profile") == profile:
+            out[p.stem] = doc["values"]
+    return out
+
+
 def values(name: str, profile: str) -> dict[str, Any] | None:
     """The values of result ``name`` if it exists *and* was made with ``profile``.
 

@@ -136,6 +136,7 @@ CHAPTER_CITES = {
                                  "heljakka2023disentangling"},
     "08_claims": {"winkler2014permutation", "freedman1983nonstochastic", "diciccio2017robust",
                   "holm1979simple", "heljakka2023disentangling"},
+    "09_regimes": {"heljakka2023disentangling", "efron1993introduction"},
 }
 #: an author-year reference typed as plain text ("Raghu et al. 2017", "Marx & Ustun 2020")
 PLAIN_REFERENCE = re.compile(r"\b[A-Z][a-z]+ (?:et al\.|&|and [A-Z][a-z]+)[^.`]{0,30}?\b(?:19|20)\d\d\b")

@@ -1,0 +1,156 @@
+"""Two regimes side by side: do the verdicts of one profile's build survive in another's
+(the short-trained ``default`` and the converged ``large``, say)?
+
+Input: each build's result values by chapter (what the chapters saved; the Claims
+chapter's carry the versions of the verdict rules and of the evidence functions that
+made them). Two builds are compared only when both versions agree: otherwise a
+difference could come from the code, not from the regime, and :func:`compare` refuses
+with one error naming both.
+
+What a comparison cannot tell apart: the regimes differ in more than one thing
+(training length, training-set size, sometimes width), so a verdict that moves says
+*that* the regime matters, not which part of it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..measures import stats
+from .evidence import EVIDENCE_VERSION
+from .verdicts import CHAPTER, RULES_VERSION, evidence_from_results, tests_table
+
+#: the Claims chapter's result: its verdicts, versions, observed effects and power
+CLAIMS_CHAPTER = "08_claims"
+
+Results = Mapping[str, Mapping[str, Any] | None]
+
+
+def versions() -> dict[str, int]:
+    """The versions this code records with its verdicts (the Claims chapter saves them)."""
+    return {"rules": RULES_VERSION, "evidence": EVIDENCE_VERSION}
+
+
+def check_comparable(a: Results, b: Results, names: tuple[str, str]) -> None:
+    """Refuse two builds whose verdict rules or evidence functions differ, or that do not
+    say which versions made them (built before versions were recorded)."""
+    found = []
+    for name, res in zip(names, (a, b)):
+        claims = res.get(CLAIMS_CHAPTER)
+        if claims is None:
+            raise ValueError(f"build {name} has no {CLAIMS_CHAPTER} result: build its book first")
+        found.append(claims.get("versions"))
+    if None in found or found[0] != found[1]:
+        said = ", ".join(f"{n}: {v if v is not None else 'not recorded'}"
+                         for n, v in zip(names, found))
+        raise ValueError(f"cannot compare builds whose verdict rules or evidence functions "
+                         f"differ ({said}); rebuild the older one with this code")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    names: tuple[str, str]
+    verdicts: pd.DataFrame    # per claim: each regime's verdict, and whether it changed
+    tests: pd.DataFrame       # per test behind a verdict: each regime's estimate, interval, p
+    contrasts: pd.DataFrame   # C1: each factor's contrast with a fresh seed in each regime
+    rank_agreement: stats.Correlation | None  # Spearman of the two regimes' C1 contrasts
+
+
+def compare(a: Results, b: Results, names: tuple[str, str] = ("default", "large"),
+            n_boot: int = 1000, seed: int = 0) -> Comparison:
+    """Every claim's verdict, effect with its interval and power at the observed effect
+    in regime ``a`` and in regime ``b``; C1's factor contrasts in both and how well
+    their order agrees (Spearman across factors, a bootstrap interval over factors: the
+    factors are the units compared, and their contrasts are estimated on different
+    models in the two regimes)."""
+    check_comparable(a, b, names)
+    verdicts = _verdicts(a, b, names)
+    tests = _tests(a, b, names)
+    contrasts = _contrasts(a, b, names)
+    agree = None
+    both = contrasts.dropna()
+    if len(both) >= 3 and both[names[0]].nunique() > 1 and both[names[1]].nunique() > 1:
+        agree = stats.correlation(both[names[0]].to_numpy(), both[names[1]].to_numpy(),
+                                  "spearman", n_boot=n_boot, seed=seed)
+    return Comparison(names, verdicts, tests, contrasts, agree)
+
+
+def _verdicts(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
+    rows = []
+    for claim in CHAPTER:
+        row: dict[str, Any] = {"claim": claim}
+        for name, res in zip(names, (a, b)):
+            v = res[CLAIMS_CHAPTER]
+            row[f"verdict ({name})"] = v["verdicts"].get(claim, {}).get("verdict")
+            row[f"effect ({name})"] = (v.get("observed_effects") or {}).get(claim)
+            row[f"power ({name})"] = _power(v.get("power_at_observed"), claim)
+        row["changed"] = row[f"verdict ({names[0]})"] != row[f"verdict ({names[1]})"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def _power(rows: list[dict[str, Any]] | None, claim: str) -> float | None:
+    """The power of "partly or better" at the observed effect, under i.i.d. noise."""
+    for r in rows or []:
+        if r["claim"] == claim and r["level"] == "partly or better" and r["noise"] == "iid":
+            return float(r["rate"])
+    return None
+
+
+def _tests(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
+    keys = ["claim", "test"]
+    cols = ["estimate", "low", "high", "p_value"]
+    parts = [tests_table(evidence_from_results(res)).set_index(keys)[cols]
+             .rename(columns={c: f"{c} ({n})" for c in cols}) for n, res in zip(names, (a, b))]
+    return parts[0].join(parts[1], how="outer").reset_index()
+
+
+def _contrasts(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
+    return contrasts_of(a, names[0]).join(contrasts_of(b, names[1]), how="outer")
+
+
+def contrasts_of(results: Results, name: str) -> pd.DataFrame:
+    """One build's C1 contrasts, factor -> estimate, as a column called ``name`` (empty
+    when its chapter 3 did not run)."""
+    ev = evidence_from_results(results).get("C1")
+    t = pd.DataFrame({name: pd.Series({} if ev is None else
+                                      {f: c["estimate"] for f, c in ev.contrasts.items()},
+                                      dtype=float)})
+    t.index.name = "factor"
+    return t
+
+
+def rank_text(c: Comparison) -> str:
+    """The rank agreement in one line, for the page."""
+    r = c.rank_agreement
+    if r is None:
+        return "too few factors with a contrast in both regimes to compare their order"
+    return (f"Spearman ρ = {r.r:.2f} [{r.low:.2f}, {r.high:.2f}] across "
+            f"{len(c.contrasts.dropna())} factors")
+
+
+def changed(c: Comparison) -> list[str]:
+    """One sentence per claim whose verdict moved: from what to what, and how its
+    observed effect and power moved with it (the likely reason, as far as numbers say)."""
+    a, b = c.names
+    out = []
+    for claim, row in c.verdicts.iterrows():
+        if not row["changed"]:
+            continue
+        ea, eb = row[f"effect ({a})"], row[f"effect ({b})"]
+        pa, pb = row[f"power ({a})"], row[f"power ({b})"]
+        effect = ("no effect in the expected direction in either" if ea is None and eb is None
+                  else f"observed effect {_num(ea)} in {a}, {_num(eb)} in {b}")
+        power = (f"; power at it {_num(pa, '.2f')} and {_num(pb, '.2f')}"
+                 if pa is not None or pb is not None else "")
+        out.append(f"{claim}: {row[f'verdict ({a})']} in {a}, {row[f'verdict ({b})']} in {b} "
+                   f"({effect}{power}).")
+    return out
+
+
+def _num(v: float | None, spec: str = ".3g") -> str:
+    return "none" if v is None or not np.isfinite(v) else format(v, spec)
