@@ -165,23 +165,28 @@ def _status_entries(selected: list[Path], prev: Build | None,
     return out
 
 
-def run_on_engine(p: Profile, only: Sequence[str] | None = None, workers: int | None = None,
-                  deterministic: bool = True,
-                  build: Build | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train the profile's models on one Dask cluster, then execute the notebooks
-    with that cluster's address in ``$RMPM_SCHEDULER`` (their ``run_recipes``
-    calls submit to it). Returns the notebook timings and what ran them."""
+def run_on_engine(runs: Sequence[tuple[Profile, Build]], only: Sequence[str] | None = None,
+                  workers: int | None = None, deterministic: bool = True
+                  ) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """On one Dask cluster, for each (profile, build) of ``runs`` in order: train the
+    profile's models, then execute its notebooks (``only`` applies to the last) into the
+    build, with the cluster's address in ``$RMPM_SCHEDULER`` (their ``run_recipes``
+    calls submit to it). Returns each run's timings and what ran them."""
     external = E.scheduler_address()
-    with E.serve(workers, deterministic, p.device) as address, E.environ(DT.kernel_env(deterministic)):
-        t0 = time.perf_counter()
-        train_profile(p, device=p.device, deterministic=deterministic, scheduler=address)
-        train_s = time.perf_counter() - t0
+    timings = []
+    device = runs[-1][0].device
+    with E.serve(workers, deterministic, device) as address, \
+            E.environ(DT.kernel_env(deterministic)):
+        for i, (p, build) in enumerate(runs):
+            t0 = time.perf_counter()
+            train_profile(p, device=p.device, deterministic=deterministic, scheduler=address)
+            train_s = time.perf_counter() - t0
+            # every model is stored now: the chapters load them without re-checking
+            with E.environ({TRAINED_VAR: p.name}):
+                timings.append({TRAINING_TIMING: train_s, **run_notebooks(
+                    p, only if i == len(runs) - 1 else None, build=build)})
         client = E.get_client(scheduler=address)
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        # every model is stored now: the chapters load them without re-checking
-        with E.environ({TRAINED_VAR: p.name}):
-            timings = {TRAINING_TIMING: train_s,
-                       **run_notebooks(p, only, build=build)}
     info = {"workers": n, "threads_per_worker": 1, "deterministic": deterministic,
             "scheduler": external or "embedded LocalCluster"}
     return timings, info
@@ -266,40 +271,47 @@ def build_html(strict: bool = True) -> Path:
 
 
 def build_book(profile: str | Profile, only: Sequence[str] | None = None, strict: bool = True,
-          clean: bool = False, workers: int | None = None,
-          deterministic: bool = True) -> Path:
+               clean: bool = False, workers: int | None = None,
+               deterministic: bool = True) -> Path:
     """Execute all notebooks under ``profile`` and build the HTML book.
 
     First makes sure every data set of the profile can be loaded (see
     :func:`rmpm.pipeline.data.ensure`), so a missing one stops the build before any work.
     Training runs on the Dask engine (:mod:`rmpm.pipeline.engine`): one cluster of
     ``workers`` processes for the whole build, which first trains every model
-    the profile needs at once and then serves the notebooks' kernels.
+    the profile needs at once and then serves the notebooks' kernels. A profile that
+    is compared with another (``compare_with``) whose build is not here builds that
+    one's notebooks first, on the same cluster and store (its build folder and
+    manifest are its own; the HTML is this profile's book).
     """
     p = get_profile(profile)
     select_notebooks(only)  # bad names stop here, before any work
-    preflight(p.datasets)  # so do a store that cannot be written and a missing data set
+    first = [get_profile(p.compare_with)] if (p.compare_with and
+                                              latest_build(p.compare_with) is None) else []
+    # so do a store that cannot be written and a missing data set
+    preflight([ds for q in (*first, p) for ds in q.datasets])
     clear_cache()  # the notebooks' kernels load what they need; this process needs none
     if clean:
         shutil.rmtree(paths.executed_dir(), ignore_errors=True)
     t0 = time.perf_counter()
-    b = new_build(p, inherit=bool(only))
+    runs = [(q, new_build(q)) for q in first] + [(p, new_build(p, inherit=bool(only)))]
     try:
-        timings, engine_info = run_on_engine(p, only, workers, deterministic, build=b)
+        timings, engine_info = run_on_engine(runs, only, workers, deterministic)
     except BaseException as e:
-        abandon_build(b)
+        for _, b in runs:
+            abandon_build(b)
         if isinstance(e, KeyboardInterrupt) and not getattr(e, "note", ""):
-            e.note = unfinished(b, "no notebook had run")
+            e.note = unfinished(runs[-1][1], "no notebook had run")
         raise
-    b = b.as_finished()
-    write_build_info(p, timings, b, engine_info)
+    for (q, b), t in zip(runs, timings):  # this profile's last: its manifest and page stay
+        write_build_info(q, t, b.as_finished(), engine_info)
     index = build_html(strict)
     mpath = paths.generated_dir() / "manifest.json"
     if mpath.is_file() and index.parent.is_dir():  # published next to the book
         shutil.copyfile(mpath, index.parent / "manifest.json")
-    train_s = timings.get(TRAINING_TIMING, 0.0)
-    print(f"[rmpm book] profile {p.name}: training and evaluation {train_s:.0f} s, "
-          f"notebooks {sum(timings.values()) - train_s:.0f} s, "
-          f"total {time.perf_counter() - t0:.0f} s")
-    print(f"[rmpm book] the book is at {index}")
+    for (q, _), t in zip(runs, timings):
+        train_s = t.get(TRAINING_TIMING, 0.0)
+        print(f"[rmpm book] profile {q.name}: training and evaluation {train_s:.0f} s, "
+              f"notebooks {sum(t.values()) - train_s:.0f} s")
+    print(f"[rmpm book] total {time.perf_counter() - t0:.0f} s; the book ({p.name}) is at {index}")
     return index
