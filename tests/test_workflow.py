@@ -11,6 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
+LARGE = ROOT / ".github" / "workflows" / "large.yml"
 
 
 def actionlint() -> str:
@@ -28,8 +29,9 @@ def lint(path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_actionlint_reports_nothing():
-    r = lint(WORKFLOW)
+@pytest.mark.parametrize("path", [WORKFLOW, LARGE], ids=lambda p: p.name)
+def test_actionlint_reports_nothing(path):
+    r = lint(path)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
         f"actionlint (exit {r.returncode}):\n{r.stdout}{r.stderr}")
 
@@ -91,3 +93,20 @@ def test_it_publishes_the_book(wf):
     assert deploy["environment"]["name"] == "github-pages"
     assert "refs/heads/main" in deploy["if"] and "refs/heads/main" in pages["if"]
     assert wf["permissions"] == {"contents": "read"}  # the rest of the run reads only
+
+
+def test_the_large_regime_runs_weekly_and_on_demand_and_is_verified():
+    wf = yaml.safe_load(LARGE.read_text())
+    on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as True
+    assert "workflow_dispatch" in on and on["schedule"][0]["cron"]
+    assert "push" not in on and "pull_request" not in on  # too long for every push
+    (job,) = wf["jobs"].values()
+    runs = _runs(job)
+    for command in ("make book PROFILE=large",
+                    ".venv/bin/python -m rmpm verify _build/html/manifest.json",
+                    '.venv/bin/python -m rmpm verify "$COMMITTED_MANIFEST"'):
+        assert command in runs, command
+    assert wf["env"]["COMMITTED_MANIFEST"] == "manifests/large.json"
+    (cache,) = _uses(job, "actions/cache")
+    assert "hashFiles(env.COMMITTED_MANIFEST)" in cache["with"]["key"]
+    assert (ROOT / wf["env"]["COMMITTED_MANIFEST"]).is_file()
