@@ -452,11 +452,8 @@ def kernel_env(deterministic: bool = True) -> dict[str, str]:
     """Environment of the notebooks' kernels: in deterministic mode pinned like the
     workers (the kernels compute the result files from stored arrays), plus
     OpenBLAS (numpy's and scipy's linear algebra) pinned to its AVX2 kernels."""
-    from ..pipeline.determinism import worker_env
-    env = worker_env(deterministic)
-    if deterministic:
-        env["OPENBLAS_CORETYPE"] = "Haswell"
-    return env
+    from ..pipeline.determinism import kernel_env as pinned
+    return pinned(deterministic)
 
 
 def run_on_engine(p: Profile, only: Sequence[str] | None = None, workers: int | None = None,
