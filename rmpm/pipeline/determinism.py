@@ -259,13 +259,18 @@ def numerics_problems() -> list[str]:
 
 def describe_numerics() -> dict[str, Any]:
     """What computes the float64 numbers of this process, for the metadata of each
-    result file (and ``rmpm env``): :func:`describe`, numpy's SIMD dispatch, the BLAS
-    libraries with their kernels and threads, the pinning variables as set here,
+    result file (and ``rmpm env``): :func:`describe`, numpy's SIMD dispatch, the C
+    library (whose libm computes numpy's float64 transcendental functions once the
+    dispatch is capped), the BLAS libraries with their kernels and threads, the
+    pinning variables as set here,
     and whether all of it is pinned (``pinned``; ``problems`` says what is not)."""
     bad = numerics_problems()
     simd = numpy_simd()
+    libc = " ".join(platform.libc_ver()).strip()
     return {**describe(), "pinned": not bad, "problems": bad,
             "numpy_simd": simd["highest"], "numpy_simd_active": simd["active"],
+            # capped at X86_V3, numpy's float64 exp, log, power, arctanh, ... are libm's
+            "libm": libc or None,
             "blas": [{k: v for k, v in b.items() if k != "file"} for b in blas()],
             "env": {k: os.environ.get(k) for k in kernel_env(True)
                     if k not in ALLOC_ENV and k not in CUDA_ENV}}
