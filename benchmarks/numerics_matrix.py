@@ -15,6 +15,8 @@ first setting (or from a manifest), with the largest difference.
 ``--base today`` is the notebooks' kernel environment before issue 26 (the worker
 pins and ``OPENBLAS_CORETYPE=Haswell``); ``--base pinned`` is :func:`rmpm.pipeline.determinism.kernel_env`. ``--busy``
 keeps a second process spinning on one core while the chapters run. With
+``--settings base,native_simd,native_simd#2,base#2`` repeats settings (an ABBA
+order, to time the pinning against the machine's load). With
 ``--fresh-derived`` the chapters read models and evaluations from ``--store`` but
 compute the population measures (the store's ``derived/`` cache) themselves, in an
 overlay folder of their own, so those numbers are exercised too; the store itself
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
     report: dict[str, dict] = {}
     try:
         for name in names:
-            env = {**base, **SETTINGS[name]}
+            env = {**base, **SETTINGS[name.split("#")[0]]}  # base#2: base again
             report[name] = run_setting(name, env, nbs, a.profile, Path(a.store), out, a.fresh_derived)
     finally:
         if busy is not None:
@@ -201,6 +203,11 @@ def main(argv=None) -> int:
                     print(f"      ... and {len(diff) - 12} more")
     times = {name: sum(r["seconds"] for r in report[name].values()) for name in names}
     print("\nseconds per setting:", {k: round(v, 1) for k, v in times.items()})
+    by = {}
+    for name, t in times.items():
+        by.setdefault(name.split("#")[0], []).append(t)
+    if any(len(v) > 1 for v in by.values()):  # repeated settings (ABBA): their totals
+        print("seconds per setting, all its runs:", {k: round(sum(v), 1) for k, v in by.items()})
     if a.json:
         Path(a.json).write_text(json.dumps({"base": base, "report": report}, indent=1))
     return 0

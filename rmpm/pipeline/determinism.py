@@ -26,8 +26,8 @@ products, QR and SVD in the last bits) and numpy's own SIMD loops, which dispatc
 at import time to the best the CPU has. On an AVX-512 machine numpy computes
 float64 ``exp``, ``log``, ``power``, ``log1p``, ``expm1``, ``arctan``, ``cbrt``
 and the other transcendental functions with its AVX-512 (SVML) loops, one unit in
-the last place away from what an AVX2 machine computes (glibc's libm) for about
-one input in twenty, and ``argsort``/``argpartition`` with its AVX-512 sorting
+the last place away from what an AVX2 machine computes (glibc's libm) for a few
+inputs in a hundred, and ``argsort``/``argpartition`` with its AVX-512 sorting
 networks, which order ties differently. So a process that computes result files
 is started with :func:`kernel_env`: the worker pins, OpenBLAS pinned to its
 Haswell (AVX2) kernels and one thread, and numpy's dispatch capped at
@@ -262,8 +262,8 @@ def describe_numerics() -> dict[str, Any]:
     result file (and ``rmpm env``): :func:`describe`, numpy's SIMD dispatch, the C
     library (whose libm computes numpy's float64 transcendental functions once the
     dispatch is capped), the BLAS libraries with their kernels and threads, the
-    pinning variables as set here,
-    and whether all of it is pinned (``pinned``; ``problems`` says what is not)."""
+    pinning variables as set here, and whether all of it is pinned (``pinned``;
+    ``problems`` says what is not)."""
     bad = numerics_problems()
     simd = numpy_simd()
     libc = " ".join(platform.libc_ver()).strip()
