@@ -231,6 +231,12 @@ def _add_verify(sub) -> None:
 def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print `export` lines for deterministic workers' job scripts")
     p.add_argument("--fast", action="store_true", help="the fast mode's environment instead")
+    p.add_argument("--kernel", action="store_true",
+                   help="the environment of a process that computes result files (a notebook "
+                        "kernel): the workers' plus numpy's SIMD dispatch and OpenBLAS pinned")
+    p.add_argument("--numerics", action="store_true",
+                   help="instead: what computes this process's numbers (JSON), as each result "
+                        "file records it; run under the kernel's exports to check them")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -408,8 +414,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from .pipeline.determinism import shell_exports
-    print("\n".join(shell_exports(not args.fast)))
+    from .pipeline import determinism as DT
+    if args.numerics:
+        import json
+        print(json.dumps(DT.describe_numerics(), indent=1, default=str))
+        return 0
+    print("\n".join(DT.shell_exports(not args.fast, kernel=args.kernel)))
     return 0
 
 

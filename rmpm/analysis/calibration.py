@@ -576,25 +576,79 @@ def _save(path, out: dict[str, np.ndarray], seconds: float) -> None:
     atomic_write(path, lambda f: f.write(hashlib.sha256(data).hexdigest().encode() + b"\n" + data))
 
 
-def simulated(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict,
-              cache: bool = True) -> tuple[dict[str, np.ndarray], float, bool]:
-    """A scenario's per-simulation outputs, the seconds they took to compute, and
-    whether they came from the cache."""
-    path = paths.calibration_dir() / f"{_cache_key(d, sc, n_sim, seed, kw)}{CACHE_SUFFIX}"
-    if cache:
-        got = _load(path)
-        if got is not None:
-            return got[0], got[1], True
+def _cache_path(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict):
+    return paths.calibration_dir() / f"{_cache_key(d, sc, n_sim, seed, kw)}{CACHE_SUFFIX}"
+
+
+def _simulate(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict
+              ) -> tuple[dict[str, np.ndarray], float]:
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
     t0 = time.perf_counter()
     # thousands of small matrix products: a multi-threaded BLAS only adds overhead
     # (about 100x on a busy 2-core machine)
     with threadpool_limits(1):
         out = sc.simulate(d, n_sim, seed, kw)
-    seconds = time.perf_counter() - t0
-    if cache:
-        _save(path, out, seconds)
-    return out, seconds, False
+    return out, time.perf_counter() - t0
+
+
+#: the kind of a calibration cache entry's claim (rmpm.pipeline.locks), whose locks
+#: live in the cache folder's own ``locks/``
+CLAIM_KIND = "calibration"
+
+
+def ensure_simulated(d: Design, scs: list[Scenario], n_sim: int, seed: int, kw: dict,
+                     progress: Any = None) -> set[str]:
+    """Cache the simulations of every scenario of ``scs`` that is not cached yet, each
+    under its claim (:func:`rmpm.pipeline.locks.work_through`), as store entries are:
+    one another process is simulating is left for the end, then waited for, so two
+    builds at once share the scenarios and simulate each once. A damaged cache file
+    is simulated again. ``progress`` (a tqdm bar) advances by one per scenario that is
+    cached by the end of its turn. Returns the keys simulated here."""
+    from ..pipeline.locks import work_through
+    root = paths.calibration_dir()
+    todo = {}
+    for sc in scs:
+        path = _cache_path(d, sc, n_sim, seed, kw)
+        if path.exists() and _load(path) is None:  # damaged (it warned): simulate it again
+            path.unlink(missing_ok=True)
+        todo[path.name[:-len(CACHE_SUFFIX)]] = (sc, path)
+    here: set[str] = set()
+
+    def done(k):
+        return todo[k][1].is_file()
+
+    def compute(keys):
+        for k in keys:
+            sc, path = todo[k]
+            out, seconds = _simulate(d, sc, n_sim, seed, kw)
+            _save(path, out, seconds)
+            here.add(k)
+
+    deferred = []
+    for k in todo:  # one claim at a time: a concurrent build takes the next one
+        left = work_through([k], str, root, CLAIM_KIND, done, compute)[1]
+        deferred += left
+        if progress is not None and not left:
+            progress.update(1)
+    for k in deferred:
+        work_through([k], str, root, CLAIM_KIND, done, compute, wait=True)
+        if progress is not None:
+            progress.update(1)
+    return here
+
+
+def simulated(d: Design, sc: Scenario, n_sim: int, seed: int, kw: dict,
+              cache: bool = True) -> tuple[dict[str, np.ndarray], float, bool]:
+    """A scenario's per-simulation outputs, the seconds they took to compute, and
+    whether they came from the cache (computed by an earlier run, or by another
+    process while this one waited for its claim)."""
+    if not cache:
+        return (*_simulate(d, sc, n_sim, seed, kw), False)
+    here = ensure_simulated(d, [sc], n_sim, seed, kw)
+    got = _load(_cache_path(d, sc, n_sim, seed, kw))
+    if got is None:  # damaged again since: simulate without the cache
+        return (*_simulate(d, sc, n_sim, seed, kw), False)
+    return got[0], got[1], not here
 
 
 # ----------------------------------------------------------------------------- rates
@@ -628,14 +682,22 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
     kw = {"n_perm": n_perm, "n_boot": n_boot, "threshold": threshold}
     chosen = [s for s in scenarios(alternatives, threshold, noises) if s.claim in claims_
               and (hypotheses is None or s.hypothesis in hypotheses)]
+    bar = None
     if progress:  # plain tqdm, imported only for the CLI: tqdm.auto warns in kernels
         from tqdm import tqdm
-        chosen_it = tqdm(chosen, desc="calibrating")
-    else:
-        chosen_it = chosen
+        bar = tqdm(total=len(chosen), desc="calibrating")
+    here = ensure_simulated(d, chosen, n_sim, seed, kw, bar) if cache else set()
     rows = []
-    for sc in chosen_it:
-        out, seconds, was_cached = simulated(d, sc, n_sim, seed, kw, cache)
+    for sc in chosen:
+        if cache:
+            path = _cache_path(d, sc, n_sim, seed, kw)
+            got = _load(path)
+            out, seconds = got if got is not None else _simulate(d, sc, n_sim, seed, kw)
+            was_cached = got is not None and path.name[:-len(CACHE_SUFFIX)] not in here
+        else:
+            out, seconds, was_cached = simulated(d, sc, n_sim, seed, kw, cache)
+            if bar is not None:
+                bar.update(1)
         lv = levels(sc.claim, out, d, alpha)
         for name, reached in (("partly or better", lv >= 1), ("supported", lv >= 2)):
             rate = float(reached.mean())
@@ -644,6 +706,8 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
                          "se": float(np.sqrt(max(rate * (1 - rate), 1e-12) / n_sim)),
                          "n_sim": n_sim, "required": sc.required and sc.hypothesis == "null",
                          "seconds": seconds, "cached": was_cached})
+    if bar is not None:
+        bar.close()
     return pd.DataFrame(rows)
 
 

@@ -116,25 +116,52 @@ def load(path: str | Path) -> dict[str, Any]:
     return m
 
 
+#: the decimals the book's tables round numbers to (``DataFrame.round(4)``)
+PAGE_DECIMALS = 4
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any, float]]:
+    """Every place where two JSON trees differ: (field path, e.g.
+    ``invariances.noise[3].svcca``; value in ``a``; in ``b``; absolute difference, inf
+    where the structure or a non-number differs)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return [] if a == b else [(path, a, b, math.inf)]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if a == b or (a != a and b != b):
+            return []
+        d = abs(a - b)
+        return [(path, a, b, d if math.isfinite(d) else math.inf)]
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                out.append((sub, a.get(k), b.get(k), math.inf))
+            else:
+                out += differences(a[k], b[k], sub)
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [(path, f"{len(a)} items", f"{len(b)} items", math.inf)]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [(path, a, b, math.inf)]
+
+
 def max_difference(a: Any, b: Any) -> float:
     """Largest absolute difference between corresponding numbers of two JSON trees
     (inf where the structure or a non-number differs)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return 0.0 if a == b else math.inf
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if a == b or (a != a and b != b):
-            return 0.0
-        d = abs(a - b)
-        return d if math.isfinite(d) else math.inf
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return math.inf
-        return max((max_difference(a[k], b[k]) for k in a), default=0.0)
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return math.inf
-        return max((max_difference(x, y) for x, y in zip(a, b)), default=0.0)
-    return 0.0 if a == b else math.inf
+    return max((d for *_, d in differences(a, b)), default=0.0)
+
+
+def shown_differently(diffs: list[tuple[str, Any, Any, float]],
+                      decimals: int = PAGE_DECIMALS) -> list[str]:
+    """The field paths of ``diffs`` whose numbers differ even as the pages round them."""
+    out = []
+    for path, x, y, d in diffs:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+        if not numbers or round(x, decimals) != round(y, decimals):
+            out.append(path)
+    return out
 
 
 @dataclass(frozen=True)
@@ -144,6 +171,8 @@ class Check:
     status: str     # "identical", "differs", "missing" or "damaged"
     max_diff: float = 0.0  # largest difference of any number in metrics / values
     detail: str = ""       # what is wrong with a damaged entry
+    #: (field path, published, here, difference) of every number that differs
+    fields: tuple[tuple[str, Any, Any, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,6 +205,7 @@ class Report:
             if c.status == "differs":
                 lines.append(f"  differs  {c.kind:6} {c.key[:40]:40} largest difference "
                              f"{c.max_diff:.3g}")
+                lines += _field_lines(c)
             elif c.status == "missing":
                 lines.append(f"  missing  {c.kind:6} {c.key[:40]}")
             elif c.status == "damaged":
@@ -185,6 +215,25 @@ class Report:
             lines.append(f"verdict {claim}: {was}" + ("" if was == now else f" -> {now} (CHANGED)"))
         lines.append("all identical" if self.identical else "NOT identical")
         return "\n".join(lines)
+
+
+#: differing fields a report names per entry
+SHOWN_FIELDS = 5
+
+
+def _field_lines(c: Check) -> list[str]:
+    """Which fields of a differing entry differ, by how much, and whether any of them
+    shows differently on a page."""
+    if not c.fields:
+        return ["           (its numbers are the same: only what they are digested with differs)"]
+    out = [f"           {path}: {x!r} -> {y!r} ({d:.3g})" for path, x, y, d in c.fields[:SHOWN_FIELDS]]
+    if len(c.fields) > SHOWN_FIELDS:
+        out.append(f"           ... and {len(c.fields) - SHOWN_FIELDS} more field(s)")
+    shown = shown_differently(list(c.fields))
+    out.append(f"           rounded to the pages' {PAGE_DECIMALS} decimals: " + (
+        "no number changes" if not shown else f"{len(shown)} change ({', '.join(shown[:3])}"
+        + (", ..." if len(shown) > 3 else "") + ")"))
+    return out
 
 
 def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -275,7 +324,9 @@ def verify(published: dict[str, Any], store: Store | str | None = None,
                 checks.append(Check(kind, key, "identical"))
             else:
                 num = "values" if kind == "result" else "metrics"
-                checks.append(Check(kind, key, "differs", max_difference(pub[num], mine[num])))
+                diffs = differences(pub[num], mine[num])
+                checks.append(Check(kind, key, "differs", max((d for *_, d in diffs), default=0.0),
+                                    fields=tuple(diffs)))
     verdicts = []
     if published["results"]:
         was = dict(_verdicts(published["results"]))

@@ -16,8 +16,10 @@ Where they go decides who can overwrite them, so:
 Report files a chapter saves (:func:`reports_dir`) follow the same rule: a build's
 go to its own ``reports/`` folder (``RMPM_REPORTS``), others to ``<cache>/reports``.
 
-Every file records the profile and the build that wrote it, and is written
-atomically (temp file, then rename).
+Every file records the profile and the build that wrote it and what computed its
+numbers (``numerics``: :func:`rmpm.pipeline.determinism.describe_numerics`, whether the
+process was pinned, numpy's SIMD level, the BLAS kernels and threads), and is written
+atomically (temp file, then rename). Only its ``values`` are digested.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any
 from .. import paths
 from ..atomic import atomic_write_text
 from ..jsonable import jsonable
+from ..pipeline.determinism import describe_numerics
 
 #: the build id of results written outside a book build
 INTERACTIVE = "interactive"
@@ -67,6 +70,8 @@ def save(name: str, profile: str, values: dict[str, Any]) -> Path:
     path = d / f"{name}.json"
     atomic_write_text(path, json.dumps({"name": name, "profile": profile, "build": current_build(),
                                         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        # what computed them, beside the values: not digested
+                                        "numerics": jsonable(describe_numerics()),
                                         "values": jsonable(values)}, indent=1, sort_keys=True))
     return path
 

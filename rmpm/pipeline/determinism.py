@@ -18,6 +18,22 @@ them. So deterministic work runs in *worker processes started with*
 Fast mode (``deterministic=False``, ``rmpm train --fast``) leaves the machine's
 best ISA on; the numbers are then reproducible only on the same kind of CPU.
 
+The numbers a book's chapters compute from stored arrays (SVCCA, bootstraps,
+correlations: float64 numpy, scipy and torch in the notebook kernel) depend on two
+more libraries that pick code paths from the CPU: OpenBLAS (numpy's and scipy's
+copies; its kernel, e.g. Haswell vs Sandybridge vs SkylakeX, changes matrix
+products, QR and SVD in the last bits) and numpy's own SIMD loops, which dispatch
+at import time to the best the CPU has. On an AVX-512 machine numpy computes
+float64 ``exp``, ``log``, ``power``, ``log1p``, ``expm1``, ``arctan``, ``cbrt``
+and the other transcendental functions with its AVX-512 (SVML) loops, one unit in
+the last place away from what an AVX2 machine computes (glibc's libm) for a few
+inputs in a hundred, and ``argsort``/``argpartition`` with its AVX-512 sorting
+networks, which order ties differently. So a process that computes result files
+is started with :func:`kernel_env`: the worker pins, OpenBLAS pinned to its
+Haswell (AVX2) kernels and one thread, and numpy's dispatch capped at
+``X86_V3`` (AVX2 + FMA3, :data:`NUMPY_SIMD_ENV`); :func:`numerics_problems` says
+what in a process breaks that, :func:`describe_numerics` records it.
+
 GPUs: :func:`enter` turns on ``torch.use_deterministic_algorithms`` (warn-only,
 for the few ops without a deterministic CUDA kernel), cuDNN's deterministic
 mode without autotuning, and cuBLAS's fixed workspace
@@ -58,6 +74,25 @@ ALLOC_ENV: dict[str, str] = {
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc's largest allowed value on 64-bit
     "MALLOC_ARENA_MAX": "1",
 }
+#: numpy's SIMD dispatch capped at x86-64-v3 (AVX2, FMA3): what an AVX2 machine runs.
+#: numpy (2.x) reads it once, at import; it lists every dispatch target above
+#: X86_V3 that numpy 2.4 is built with (``numpy._core._multiarray_umath.__cpu_dispatch__``;
+#: a test checks the list is complete for the installed numpy). Disabling a target
+#: the CPU lacks is a no-op, so this is safe on every machine, unlike
+#: ``NPY_ENABLE_CPU_FEATURES=X86_V3``, which stops numpy's import on a CPU without
+#: AVX2 and silently drops to the baseline when it names no known target. numpy
+#: refuses to import with both variables set, so the other one is emptied (numpy
+#: takes an empty one for unset), in case the machine's environment sets it.
+NUMPY_SIMD_ENV: dict[str, str] = {"NPY_DISABLE_CPU_FEATURES": "X86_V4,AVX512_ICL,AVX512_SPR",
+                                  "NPY_ENABLE_CPU_FEATURES": ""}
+#: numpy's highest dispatch target in a pinned process
+NUMPY_PINNED_TARGET = "X86_V3"
+#: OpenBLAS's kernels (numpy's and scipy's copies both read it): its AVX2 ones, which
+#: OpenBLAS itself chooses on AVX2-only AMD and Intel CPUs
+BLAS_ENV: dict[str, str] = {"OPENBLAS_CORETYPE": "Haswell"}
+PINNED_BLAS_CORE = "Haswell"
+#: what a process computing result files adds to the worker pins (see :func:`kernel_env`)
+NUMERICS_ENV: dict[str, str] = {**BLAS_ENV, **NUMPY_SIMD_ENV}
 #: set in every worker rmpm starts; says which mode it was started in
 MODE_VAR = "RMPM_MODE"
 DETERMINISTIC, FAST = "deterministic", "fast"
@@ -75,12 +110,15 @@ def worker_env(deterministic: bool = True) -> dict[str, str]:
 
 
 def kernel_env(deterministic: bool = True) -> dict[str, str]:
-    """The environment of a process that computes result files from stored arrays (a
-    notebook's kernel): in deterministic mode pinned like the workers, plus OpenBLAS
-    (numpy's and scipy's linear algebra) pinned to its AVX2 kernels."""
+    """The environment a process that computes result files from stored arrays (a
+    notebook kernel of the book) must be *started* with: the worker's
+    (:func:`worker_env`: ATen, oneDNN and MKL pinned to AVX2, one thread each), and
+    in deterministic mode :data:`NUMERICS_ENV` too: OpenBLAS on its Haswell kernels
+    and numpy's SIMD dispatch capped at X86_V3, so its float64 numbers are the same
+    bits on AVX2 and AVX-512 machines, with any number of cores, under any load."""
     env = worker_env(deterministic)
     if deterministic:
-        env["OPENBLAS_CORETYPE"] = "Haswell"
+        env.update(NUMERICS_ENV)
     return env
 
 
@@ -95,11 +133,13 @@ def nanny_pre_spawn_env(deterministic: bool = True) -> dict[str, str]:
     return {**{k: str(v) for k, v in current.items()}, **worker_env(deterministic)}
 
 
-def shell_exports(deterministic: bool = True) -> list[str]:
+def shell_exports(deterministic: bool = True, kernel: bool = False) -> list[str]:
     """``export K=V`` lines for a job script's prologue (e.g. dask-jobqueue's
     ``job_script_prologue``), so workers of an external cluster start pinned and
-    with rmpm's allocator settings."""
-    return [f"export {k}={v}" for k, v in worker_env(deterministic).items()]
+    with rmpm's allocator settings; with ``kernel``, those of a process that computes
+    result files (:func:`kernel_env`)."""
+    env = kernel_env(deterministic) if kernel else worker_env(deterministic)
+    return [f"export {k}={v}" for k, v in env.items()]
 
 
 def cpu_capability() -> str:
@@ -162,6 +202,80 @@ def describe() -> dict[str, Any]:
     return {"mode": mode or "in-process", "cpu_capability": cpu_capability(),
             "threads": torch.get_num_threads(),
             "cuda_deterministic": bool(torch.are_deterministic_algorithms_enabled())}
+
+
+def numpy_simd() -> dict[str, Any]:
+    """numpy's SIMD dispatch in this process: its baseline, the targets it is built
+    for, and those in use (the CPU has them and the environment did not disable
+    them); ``highest``: the last of those in use, or the baseline."""
+    try:
+        from numpy._core import _multiarray_umath as mu
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as mu  # type: ignore[no-redef]
+    feats = getattr(mu, "__cpu_features__", {})
+    baseline = list(getattr(mu, "__cpu_baseline__", []))
+    targets = list(getattr(mu, "__cpu_dispatch__", []))
+    active = [t for t in targets if feats.get(t)]
+    return {"baseline": baseline, "targets": targets, "active": active,
+            "highest": active[-1] if active else (baseline[-1] if baseline else None)}
+
+
+def blas() -> list[dict[str, Any]]:
+    """The BLAS libraries loaded in this process (after importing numpy and scipy):
+    library, kernel (``architecture``) and threads, from threadpoolctl."""
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    try:
+        import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS)
+    except ImportError:
+        pass
+    from threadpoolctl import threadpool_info
+    return [{"library": i.get("prefix"), "version": i.get("version"),
+             "kernel": i.get("architecture"), "threads": i.get("num_threads"),
+             "file": os.path.basename(i.get("filepath") or "")}
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def numerics_problems() -> list[str]:
+    """Why this process's float64 numerics are not pinned (see :func:`kernel_env`);
+    empty: they are the same bits on every x86-64 machine with AVX2."""
+    out = problems(True)
+    simd = numpy_simd()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        above = simd["active"][simd["active"].index(NUMPY_PINNED_TARGET) + 1:] \
+            if NUMPY_PINNED_TARGET in simd["active"] else simd["active"]
+        if above:
+            out.append(f"numpy dispatches to {', '.join(above)} (above {NUMPY_PINNED_TARGET}); "
+                       "start the process with NPY_DISABLE_CPU_FEATURES="
+                       f"{NUMPY_SIMD_ENV['NPY_DISABLE_CPU_FEATURES']}")
+        elif NUMPY_PINNED_TARGET not in simd["active"]:
+            out.append(f"numpy cannot dispatch to {NUMPY_PINNED_TARGET} here (highest: "
+                       f"{simd['highest']}): this CPU computes other numbers than an AVX2 one")
+    for lib in blas():
+        if lib["library"] and "openblas" in lib["library"]:
+            if (lib["kernel"] or "").lower() != PINNED_BLAS_CORE.lower():
+                out.append(f"{lib['file']} uses its {lib['kernel']} kernels, not {PINNED_BLAS_CORE}")
+            if lib["threads"] != 1:
+                out.append(f"{lib['file']} uses {lib['threads']} threads, not 1")
+    return out
+
+
+def describe_numerics() -> dict[str, Any]:
+    """What computes the float64 numbers of this process, for the metadata of each
+    result file (and ``rmpm env``): :func:`describe`, numpy's SIMD dispatch, the C
+    library (whose libm computes numpy's float64 transcendental functions once the
+    dispatch is capped), the BLAS libraries with their kernels and threads, the
+    pinning variables as set here, and whether all of it is pinned (``pinned``;
+    ``problems`` says what is not)."""
+    bad = numerics_problems()
+    simd = numpy_simd()
+    libc = " ".join(platform.libc_ver()).strip()
+    return {**describe(), "pinned": not bad, "problems": bad,
+            "numpy_simd": simd["highest"], "numpy_simd_active": simd["active"],
+            # capped at X86_V3, numpy's float64 exp, log, power, arctanh, ... are libm's
+            "libm": libc or None,
+            "blas": [{k: v for k, v in b.items() if k != "file"} for b in blas()],
+            "env": {k: os.environ.get(k) for k in kernel_env(True)
+                    if k not in ALLOC_ENV and k not in CUDA_ENV}}
 
 
 def cpu_model() -> str:

@@ -119,6 +119,24 @@ def test_verify_reports_differences_missing_and_changed_verdicts(built, tmp_path
     assert "largest difference 0.125" in out and "CHANGED" in out and "NOT identical" in out
 
 
+def test_differences_name_the_fields_and_whether_a_page_shows_them():
+    was = {"invariances": {"noise": [{"svcca": 0.5}, {"svcca": 0.993765750715438}]},
+           "rm": 0.12344, "name": "a", "n": 3}
+    now = {"invariances": {"noise": [{"svcca": 0.5}, {"svcca": 0.9937657507154384}]},
+           "rm": 0.12346, "name": "b", "n": 3}
+    diffs = M.differences(was, now)
+    assert [d[0] for d in diffs] == ["invariances.noise[1].svcca", "rm", "name"]
+    assert diffs[0][3] == pytest.approx(3.33e-16, rel=0.01) and diffs[2][3] == np.inf
+    # 1 ulp never shows at 4 decimals; 0.12344 -> 0.12346 does (0.1234 -> 0.1235), text does
+    assert M.shown_differently(diffs) == ["rm", "name"]
+    assert M.shown_differently(diffs[:1]) == []
+    assert M.differences({"a": [1, 2]}, {"a": [1]}) == [("a", "2 items", "1 items", np.inf)]
+    check = M.Check("result", "01_svcca_checked", "differs", diffs[0][3], fields=(diffs[0],))
+    text = M.Report([check]).text()
+    assert "invariances.noise[1].svcca: 0.993765750715438 -> 0.9937657507154384 (3.33e-16)" in text
+    assert "rounded to the pages' 4 decimals: no number changes" in text
+
+
 def test_max_difference():
     assert M.max_difference({"a": 1.0, "b": [1, 2]}, {"a": 1.5, "b": [1, 4]}) == 2
     assert M.max_difference({"a": 1}, {"b": 1}) == np.inf

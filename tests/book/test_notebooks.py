@@ -73,7 +73,11 @@ SANE = {
     # a toy profile's Claims page shows the numbers but no verdict
     "08_claims": lambda v: set(v["verdicts"]) == {"C1", "C2", "C3", "C4"} and all(
         x["verdict"] in ("not evidence", "not tested") for x in v["verdicts"].values())
-        and {r["claim"] for r in v["calibration"]} == {"C1", "C2", "C3", "C4"},
+        and {r["claim"] for r in v["calibration"]} == {"C1", "C2", "C3", "C4"}
+        and v["versions"] == {"rules": 2, "evidence": 1},
+    # compared with no other profile: this build's C1 contrasts alone, no verdicts
+    "09_regimes": lambda v: v["against"] is None and v["verdicts"] is None
+        and len(v["contrasts"]) == 11 and v["rank_agreement"] is None,
 }
 
 
@@ -129,7 +133,7 @@ def test_unknown_parameter_is_refused_with_the_allowed_ones(tmp_path):
 
 def test_unknown_profile_is_refused(tmp_path):
     path = paths.notebooks_dir() / "02_populations.ipynb"
-    with pytest.raises(ValueError, match="profile='tiny' is not allowed; choose one of: 'smoke', 'smoke_multi', 'default', 'paper'"):
+    with pytest.raises(ValueError, match="profile='tiny' is not allowed; choose one of: 'smoke', 'smoke_multi', 'default', 'large', 'paper'"):
         NB.execute(path, tmp_path / "o.ipynb", {"profile": "tiny"})
     with pytest.raises(ValueError, match="profile='tiny' is not allowed"):
         book.run_notebooks("tiny")

@@ -299,8 +299,18 @@ def test_env_command_and_worker_count_checks(capsys, tmp_path):
         assert f"export {k}={v}" in out
     assert "export OMP_NUM_THREADS=1" in out
     assert "export MALLOC_TRIM_THRESHOLD_=1073741824" in out
+    assert "NPY_DISABLE_CPU_FEATURES" not in "\n".join(out)  # a worker's: numpy is free
     assert main(["env", "--fast"]) == 0
     assert "ATEN_CPU_CAPABILITY" not in capsys.readouterr().out
+    from rmpm.pipeline.determinism import kernel_env
+    assert main(["env", "--kernel"]) == 0
+    kernel = capsys.readouterr().out.splitlines()
+    assert kernel == [f"export {k}={v}" for k, v in kernel_env(True).items()]
+    assert "export NPY_DISABLE_CPU_FEATURES=X86_V4,AVX512_ICL,AVX512_SPR" in kernel
+    assert main(["env", "--numerics"]) == 0
+    import json
+    described = json.loads(capsys.readouterr().out)
+    assert {"pinned", "problems", "numpy_simd", "blas", "env"} <= set(described)
     assert main(["train", "--profile", "smoke", "--workers", "0", "--store", str(tmp_path)]) == 2
     assert "--workers=0 must be >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="workers=0 must be >= 1"):

@@ -107,7 +107,7 @@ def test_profiles_are_consistent():
             for f, values in p.factors.items():
                 vary(p.base[ds], f, values, p.replicates)  # expands without error
     with pytest.raises(ValueError, match="profile='huge' is not allowed; choose one of: "
-                                         "'smoke', 'smoke_multi', 'default', 'paper', 'paper_cpu'"):
+                                         "'smoke', 'smoke_multi', 'default', 'large', 'paper', 'paper_cpu'"):
         get_profile("huge")
 
 
