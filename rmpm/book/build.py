@@ -347,7 +347,9 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     _write_status(build, status)
     timings = {}
     params = {"profile": p.name}
+    from .readable import check_notebooks, rewrite_notebook
     try:
+        check_notebooks(nbs)  # their readable citations and figure references, first
         with build_env(build, commit):
             for nb in nbs:
                 print(f"[rmpm book] executing {nb.name} (profile={p.name}, build {build.id})",
@@ -376,6 +378,7 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
                     raise NotebookFailed(f"{nb.name} failed in build {build.id}: "
                                          f"{entry['error']}; {where}; status: {spath}") from None
                 show_parameters(nb, out, params)
+                rewrite_notebook(out, nb.stem)  # readable links -> the book's MyST roles
                 annotate_figures(out, nb.stem, build, commit)
                 entry.update(state="ran", build=build.id, seconds=round(timings[nb.stem], 1),
                              papermill=papermill_status(out))
