@@ -35,8 +35,13 @@ def banner(profile: str | Profile) -> str:
 
 
 def show_banner(profile: str | Profile) -> None:
+    """The chapter's first output: the banner, and outside a book build where its models
+    come from (:func:`rmpm.book.store_notice.notice`)."""
     from IPython.display import Markdown, display
-    display(Markdown(banner(profile)))
+
+    from .store_notice import notice
+    models = notice(profile)
+    display(Markdown(banner(profile) + (f"\n\n{models}" if models else "")))
 
 
 # -- parameters ---------------------------------------------------------------
@@ -118,7 +123,7 @@ def factor_chapter(profile: str | Profile, datasets=None, factors=None, conv: st
     if show:
         show_banner(p)
     table = pd.concat([X.factor_table(p, dataset=ds, factors=opts["factors"], conv=conv,
-                                      progress=False)
+                                      progress=True)  # a bar only when it trains
                        for ds in opts["datasets"]], ignore_index=True)
     n_models = sum(distinct_models(X.factor_populations(p, ds, opts["factors"]))
                    for ds in opts["datasets"])
@@ -283,6 +288,8 @@ def check_parameters(notebook: str, namespace: dict) -> None:
     declared, and every declared parameter's value must fit its rule and the
     profile. One :class:`ParameterError` (a ``ValueError``) names the parameter and
     what is allowed."""
+    from .store_notice import remember
+    remember(notebook, namespace)  # for the banner's word on the chapter's models
     declared = declared_parameters(notebook)
     unknown = sorted(set(injected_names(namespace)) - set(declared))
     if unknown:
