@@ -322,7 +322,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _jupyterlab(root: Path, tmp: Path):
+def _jupyterlab(root: Path, tmp: Path, **env_extra: str):
     """JupyterLab serving folder ``root``, as root too, with its own configuration,
     settings and workspaces under ``tmp`` (nothing of the user's); yields its URL and
     token. RMPM_LAB_DISABLE names extensions to disable (comma-separated), to see what
@@ -344,7 +344,8 @@ def _jupyterlab(root: Path, tmp: Path):
     env = dict(os.environ, RMPM_RESULTS=str(tmp / "results"),
                JUPYTER_CONFIG_DIR=str(config), JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
-               PYTHONPATH=os.pathsep.join([str(paths.repo_root()), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(paths.repo_root()), os.environ.get("PYTHONPATH", "")]),
+               **env_extra)
     cmd = [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
            "--ServerApp.allow_root=True", "--LabApp.news_url=None",
@@ -438,6 +439,16 @@ def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
         ".jp-OutputArea-output", "os => os.map(o => o.textContent)")
     assert not [t for t in shown if "Traceback" in t or re.search(r"\w+Error\b", t)], shown
     assert page.locator(".jp-OutputArea-output img").count() > 0, "the chapter shows figures"
+    # its first output says the models come from the store the book build filled
+    first = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-OutputArea-output").first.inner_text()
+    assert re.search(r"Models: this chapter reads its \d+ models from the store at .*it trains "
+                     r"none", first, re.S), first
+    # outputs and text as the book shows them: the banner's admonition rendered, no raw MyST
+    from rmpm.book import readable
+    numbers = readable.figure_numbers()
+    bad = _lab_problems(page.evaluate(_LAB_PAGE), readable.bibliography(),
+                        {k for v in numbers.values() for k in v})
+    assert not bad, bad
     nb = nbformat.read(nb_path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "not every cell ran"
@@ -604,5 +615,51 @@ def test_jupyterlab_shows_every_chapter_rendered(browser, lab_chapters):
     link.click()
     page.locator(f".jp-MarkdownViewer:not(.lm-mod-hidden) [id='{key}']").wait_for(state="attached")
     _stop_kernels(page, url, token)
+    assert not ctx.blocked, f"JupyterLab asked the network for: {sorted(set(ctx.blocked))}"
+    ctx.close()
+
+
+def test_jupyterlab_says_what_it_will_train_on_an_empty_store(browser, tmp_path):
+    """On an empty store a chapter says first how many models it will train, about how
+    long that takes here and that make book fills the store; then a progress bar shows
+    the training (chapter 7 trains its reference population; the smoke profile's are
+    tiny)."""
+    name = "07_exposing_multiplicity"
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(paths.notebooks_dir() / f"{name}.ipynb", root)
+    store = tmp_path / "empty-store"
+    ctx = _offline_context(browser, allow_localhost=True)
+    page = ctx.new_page()
+    page.set_default_timeout(120_000)
+    with _jupyterlab(root, tmp_path, RMPM_STORE=str(store)) as (url, token):
+        _open_in_lab(page, url, token, f"{name}.ipynb")
+        page.wait_for_function("() => { const k = document.querySelector("
+                               "'.jp-NotebookPanel-toolbar .jp-KernelName');"
+                               " return k && k.textContent.includes('rmpm'); }")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
+        train = cells.filter(has_text="reference_runs(").first
+        # done training once the cell has its number; the rest of the chapter need not run
+        train.locator(".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")).wait_for(timeout=600_000)
+        banner = cells.locator(".jp-OutputArea-output").first
+        first = banner.inner_text()
+        banner.scroll_into_view_if_needed()
+        _screenshot(page, "jupyterlab_empty_store_notice")
+        bar = train.locator(".jp-OutputArea-output").all_inner_texts()
+        train.scroll_into_view_if_needed()
+        _screenshot(page, "jupyterlab_training_on_an_empty_store")
+        _stop_kernels(page, url, token)
+    m = re.search(r"Models: the store at .* holds 0 of the (\d+) models this chapter needs\. It "
+                  r"will now train the other (\d+) and evaluate them: about (\d+ (s|min|h)) on "
+                  r"this machine", first, re.S)
+    assert m and m.group(1) == m.group(2), first
+    assert "make book PROFILE=smoke fills the store for every chapter at once, on every core" in first
+    n = int(m.group(2))  # the bar counts trainings and evaluations
+    assert any(re.search(rf"{n} to train, {n} to evaluate on \d+ worker.*100%.*{2 * n}/{2 * n}",
+                         b, re.S) for b in bar), bar
+    assert not [b for b in bar if "Warning" in b or "Traceback" in b], bar
+    assert len(list((store / "models").glob("*/*"))) == n
     assert not ctx.blocked, f"JupyterLab asked the network for: {sorted(set(ctx.blocked))}"
     ctx.close()

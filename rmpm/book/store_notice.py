@@ -106,14 +106,21 @@ def missing(recipes: list, profile: str | Profile, store=None) -> list:
     return [r for r in recipes if not (st.model_dir(r).is_dir() and st.eval_dir(r, skey).is_dir())]
 
 
+#: what a run pays before its first model, whatever it trains: starting the worker
+#: processes (each imports torch) and loading each one's data; about this on the 2-core
+#: machine rmpm is developed on, where 4 default-profile models took 107 s against an
+#: estimate of 30 s for their training and evaluation alone
+STARTUP_S = 30.0
+
+
 def estimate_seconds(recipes: list, profile: str | Profile,
                      workers: int | None = None) -> dict[str, float]:
     """About how long training and evaluating ``recipes`` takes here, on ``workers``
     single-threaded worker processes (default: one per core, what ``run_recipes`` starts):
     one epoch of the commonest network is timed on random tensors in this process, on
     one thread like a worker, and the others scaled by their FLOPs
-    (:mod:`rmpm.pipeline.estimate`). Returns ``profile_seconds``' dict plus ``workers``
-    and ``measured_s`` (what the timing itself took)."""
+    (:mod:`rmpm.pipeline.estimate`), plus :data:`STARTUP_S`. Returns ``profile_seconds``'
+    dict plus ``workers`` and ``measured_s`` (what the timing itself took)."""
     import time
     from collections import Counter
 
@@ -137,6 +144,7 @@ def estimate_seconds(recipes: list, profile: str | Profile,
     spec = eval_spec(p)
     n_shifts = len(spec.corruptions) * len(spec.severities)
     out = T.profile_seconds(recipes, cost, workers, n_eval_inputs=spec.n_test, n_shifts=n_shifts)
+    out["wall_s"] += STARTUP_S
     return {**out, "workers": workers, "measured_s": time.perf_counter() - t0}
 
 
