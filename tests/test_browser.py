@@ -479,7 +479,7 @@ _LAB_PAGE = """() => {
     c.querySelectorAll('pre, code, script, style, .katex, mjx-container, .MathJax')
       .forEach(x => x.remove());
     return c.innerText; }).join('\\n');
-  return {cells: cells.length,
+  return {cells: cells.length, myst: !!nb.querySelector('.jp-MarkdownCell .myst'),
           unrendered: cells.filter(c => !c.classList.contains('jp-mod-rendered')).length,
           text,
           math: nb.querySelectorAll('.jp-MarkdownCell .katex, .jp-MarkdownCell mjx-container').length,
@@ -578,6 +578,9 @@ def test_jupyterlab_shows_every_chapter_rendered(browser, lab_chapters):
         _open_in_lab(page, url, token, path.name)
         state = page.evaluate(_LAB_PAGE)
         bad = _lab_problems(state, bib, all_labels)
+        if not state["myst"]:
+            bad["not rendered by jupyterlab-myst"] = ["is it installed, and compatible with "
+                                                      "this JupyterLab? (jupyter labextension list)"]
         source = nbformat.read(path, as_version=4)
         md = "\n".join(c.source for c in source.cells if c.cell_type == "markdown")
         if "$" in md and not state["math"]:
