@@ -386,6 +386,23 @@ def lab(tmp_path):
         yield f"{url}/lab/tree/{nb.name}?token={token}", nb
 
 
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells, as a person would; again if nothing started (once, of three
+    runs, the click came before the Lab was ready and nothing ran)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def run_all():
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    run_all()
+    started = ("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+    try:
+        page.wait_for_function(started, timeout=60_000)
+    except PlaywrightTimeout:
+        run_all()
+
+
 _CELL_STATE = """() => {
   const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
     .map(p => p.textContent.trim());
@@ -406,20 +423,8 @@ def test_jupyterlab_runs_a_chapter_on_the_project_kernel(browser, lab):
                            "'.jp-NotebookPanel-toolbar .jp-KernelName');"
                            " return k && k.textContent.includes('rmpm'); }")
     assert kernel.inner_text().strip() == "Python (rmpm)"
-    # as a person would: Run > Run All Cells
-    def run_all():
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    run_all()
     t0 = time.monotonic()
-    started = ("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
-    try:  # once (of three runs) the click came before the Lab was ready and nothing ran
-        page.wait_for_function(started, timeout=60_000)
-    except PlaywrightTimeout:
-        run_all()
+    _run_all_cells(page)
     n_code = len(nbformat.read(nb_path, as_version=4).cells) - sum(
         c.cell_type != "code" for c in nbformat.read(nb_path, as_version=4).cells)
     # done when every code cell has a number in its prompt ("[*]" while queued/running)
@@ -640,12 +645,19 @@ def test_jupyterlab_says_what_it_will_train_on_an_empty_store(browser, tmp_path)
         page.wait_for_function("() => { const k = document.querySelector("
                                "'.jp-NotebookPanel-toolbar .jp-KernelName');"
                                " return k && k.textContent.includes('rmpm'); }")
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        _run_all_cells(page)
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
         train = cells.filter(has_text="reference_runs(").first
         # done training once the cell has its number; the rest of the chapter need not run
-        train.locator(".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")).wait_for(timeout=600_000)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        try:
+            train.locator(".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")).wait_for(
+                timeout=600_000)
+        except PlaywrightTimeout:
+            _screenshot(page, "jupyterlab_training_timeout")
+            pytest.fail("the training cell did not finish in 10 min; prompts "
+                        f"{page.evaluate(_CELL_STATE)['prompts']}, its outputs "
+                        f"{train.locator('.jp-OutputArea-output').all_inner_texts()}")
         banner = cells.locator(".jp-OutputArea-output").first
         first = banner.inner_text()
         banner.scroll_into_view_if_needed()
