@@ -2,7 +2,7 @@
 #   make book [PROFILE=smoke|default|paper]   set up, execute every notebook, build the HTML book
 #   make test                                  set up, run the tests
 #   make test-fast                             the tests that need no trained model (~2 min)
-#   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)")
+#   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)", MyST rendered)
 #   make check-browser                         the built book and JupyterLab, checked in chromium
 #   make manifest                              commit-ready manifests/default.json of the last default build
 PROFILE ?= default
@@ -53,10 +53,11 @@ lab: setup
 	@echo "[rmpm lab] pick the kernel \"Python (rmpm)\". Stop it with Ctrl-C."
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
-# The book as a reader meets it, and a chapter run in JupyterLab, in Debian's chromium
-# driven by Playwright (no browser download): installs chromium (as root, apt-get) and
-# Playwright if missing, builds the smoke book if there is none, then runs the tests
-# marked "browser" (tests/book/test_browser.py). Screenshots go to _build/screens/.
+# The book as a reader meets it, every chapter as JupyterLab (with jupyterlab-myst)
+# shows it, and chapters run there, in Debian's chromium driven by Playwright (no
+# browser download): installs chromium (as root, apt-get) and Playwright if missing,
+# builds the smoke book if there is none, then runs the tests marked "browser"
+# (tests/book/test_browser.py). Screenshots go to _build/screens/.
 CHROMIUM ?= /usr/bin/chromium
 check-browser: setup
 	@if [ ! -x $(CHROMIUM) ]; then \

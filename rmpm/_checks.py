@@ -1,7 +1,7 @@
 """Argument checks that give one clear message naming the parameter and what is allowed."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -34,3 +34,21 @@ def check_keys(name: str, given: Iterable[str], allowed: Iterable[str]) -> None:
     if unknown:
         raise ValueError(
             f"unknown {name}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def check_names(name: str, value: str | Sequence[str] | None,
+                allowed: Sequence[str]) -> list[str]:
+    """A list parameter: ``None`` means all of ``allowed``, a single string means a list
+    of one; every entry must be in ``allowed``, none twice."""
+    allowed = list(allowed)
+    if value is None:
+        return allowed
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError(f"{name}={value!r} is empty; give None (all) or some of: "
+                         f"{', '.join(map(repr, allowed))}")
+    for v in items:
+        check_choice(name, v, allowed)
+    if len(set(items)) != len(items):
+        raise ValueError(f"{name}={value!r} names an entry twice")
+    return items

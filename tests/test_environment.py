@@ -44,3 +44,26 @@ def test_makefile_pins_match_environment():
     conda = _conda_deps()
     for name in ("torch", "torchvision"):
         assert f"{name}{conda[name]}" in make
+
+
+def test_jupyterlab_loads_the_myst_extension():
+    """JupyterLab renders the chapters with jupyterlab-myst: installed, enabled, and
+    compatible with this JupyterLab (a version built for another one is listed as
+    incompatible and not loaded; see pyproject.toml)."""
+    import subprocess
+    import sys
+    jupyter = Path(sys.executable).with_name("jupyter")
+    if not jupyter.exists():
+        import pytest
+        pytest.skip(f"no jupyter next to {sys.executable}")
+    out = subprocess.run([str(jupyter), "labextension", "list"], capture_output=True,
+                         text=True, timeout=120)
+    text = out.stdout + out.stderr
+    line = [l for l in text.splitlines() if "jupyterlab-myst" in l]
+    assert line, text
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    [pin] = [_spec(r) for r in py["optional-dependencies"]["book"] if _name(r) == "jupyterlab-myst"]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line[0])
+    assert re.search(rf"jupyterlab-myst v{re.escape(pin.removeprefix('=='))} .*enabled.*OK", plain), (
+        plain, pin)
+    assert "incompatible" not in text.lower() and "outdated" not in text.lower(), text

@@ -46,7 +46,7 @@ def reference_population(profile: str | Profile, dataset: str | None = None,
 
 
 def reference_runs(profile: str | Profile, dataset: str | None = None, n_models: int | None = None,
-                   device: str | None = None, progress: bool = False,
+                   device: str | None = None, progress: bool = True,
                    store: Store | str | None = None) -> tuple[list[RunResult], "PopulationData"]:
     """Experiment 2's population trained (what is missing) and loaded: its runs (with
     the stored models) and their :class:`PopulationData`. ``device``: default the
@@ -242,7 +242,7 @@ def reference_accuracy(profile: str | Profile, datasets: Sequence[str] | None = 
 
 def population_accuracy(profile: str | Profile, datasets: Sequence[str] | None = None,
                         store: Store | str | None = None, train: bool | None = None,
-                        device: str | None = None, progress: bool = False) -> pd.DataFrame:
+                        device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Test accuracy of every factor population, one row per (data set, factor):
     mean, lowest and highest over its models in all replicates, and the mean range
     within one population (what "equally good" means inside it). Trains what is

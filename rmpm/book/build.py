@@ -37,6 +37,7 @@ from .builds import (STATUS, Build, abandon_build, build_env, fail_build, finish
 from .notebooks import (annotate_figures, error_line, execute, notebook_paths, papermill_status,
                         select_notebooks, show_parameters)
 from .provenance import git_commit
+from .readable import check_notebooks, rewrite_notebook
 from .reproducibility import write_reproducibility_page
 
 TRAINING_TIMING = "training (all notebooks' models)"  # key in timings_s, and the book shows it
@@ -78,6 +79,7 @@ def run_notebooks(profile: str | Profile, only: Sequence[str] | None = None,
     write_status(build, status)
     timings: dict[str, float] = {}
     try:
+        check_notebooks(nbs)  # their readable citations and figure references, first
         with build_env(build, commit):
             for nb in nbs:
                 timings[nb.stem] = _run_one(nb, out_dir / nb.name, p, build, commit, status)
@@ -113,6 +115,7 @@ def _run_one(nb: Path, out: Path, p: Profile, build: Build, commit: str,
         _failed(nb, out, build, status, e, time.perf_counter() - t0,
                 fresh=out.exists() and out.stat().st_mtime_ns != before)
     show_parameters(nb, out, params)
+    rewrite_notebook(out, nb.stem)  # readable links -> the book's MyST roles
     annotate_figures(out, nb.stem, build.results_dir, build.id, commit)
     entry.update(state="ran", build=build.id, seconds=round(seconds, 1),
                  papermill=papermill_status(out))

@@ -6,14 +6,14 @@ from __future__ import annotations
 import ast
 import copy
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._checks import check_choice, check_range
+from .._checks import check_choice, check_names, check_range
 from ..pipeline.recipe import FACTORS
 from ..analysis.profiles import Profile, get_profile
+from .store_notice import notice, remember
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,29 +35,14 @@ def banner(profile: str | Profile) -> str:
 
 
 def show_banner(profile: str | Profile) -> None:
+    """The chapter's first output: the banner, and outside a book build where its models
+    come from (:func:`rmpm.book.store_notice.notice`)."""
     from IPython.display import Markdown, display
-    display(Markdown(banner(profile)))
+    models = notice(profile)
+    display(Markdown(banner(profile) + (f"\n\n{models}" if models else "")))
 
 
 # -- parameters ---------------------------------------------------------------
-
-def resolve_names(name: str, value: str | Sequence[str] | None,
-                  allowed: Sequence[str]) -> list[str]:
-    """A notebook's list parameter: ``None`` means all of ``allowed``, a single
-    string means a list of one; every entry must be in ``allowed``."""
-    allowed = list(allowed)
-    if value is None:
-        return allowed
-    items = [value] if isinstance(value, str) else list(value)
-    if not items:
-        raise ValueError(f"{name}={value!r} is empty; give None (all) or some of: "
-                         f"{', '.join(map(repr, allowed))}")
-    for v in items:
-        check_choice(name, v, allowed)
-    if len(set(items)) != len(items):
-        raise ValueError(f"{name}={value!r} names an entry twice")
-    return items
-
 
 CONVS = ("pool", "positions")
 
@@ -69,8 +54,8 @@ def resolve_options(profile, datasets=None, factors=None, conv: str = "pool",
     :data:`CONVS`, ``n_boot`` (None: the profile's) a positive integer.
     Returns ``{"datasets", "factors", "conv", "n_boot"}`` with defaults filled in."""
     p = get_profile(profile)
-    ds = resolve_names("datasets", datasets, p.datasets)
-    fs = resolve_names("factors", factors, _factors(p))
+    ds = check_names("datasets", datasets, p.datasets)
+    fs = check_names("factors", factors, _factors(p))
     if len(fs) < min_factors:
         raise ValueError(f"factors={factors!r}: this chapter needs at least {min_factors} "
                          f"factors; got {len(fs)}")
@@ -118,7 +103,7 @@ def factor_chapter(profile: str | Profile, datasets=None, factors=None, conv: st
     if show:
         show_banner(p)
     table = pd.concat([X.factor_table(p, dataset=ds, factors=opts["factors"], conv=conv,
-                                      progress=False)
+                                      progress=True)  # a bar only when it trains
                        for ds in opts["datasets"]], ignore_index=True)
     n_models = sum(distinct_models(X.factor_populations(p, ds, opts["factors"]))
                    for ds in opts["datasets"])
@@ -172,7 +157,7 @@ def _names(allowed):
                                        and all(isinstance(x, str) for x in v))):
             raise ValueError(f"{name}={v!r} must be a name or a list of names; choose from: "
                              f"{', '.join(map(repr, allowed(p)))}")
-        resolve_names(name, v, allowed(p))
+        check_names(name, v, allowed(p))
     return rule
 
 
@@ -289,6 +274,7 @@ def check_parameters(notebook: str, namespace: dict) -> None:
     declared, and every declared parameter's value must fit its rule and the
     profile. One :class:`ParameterError` (a ``ValueError``) names the parameter and
     what is allowed."""
+    remember(notebook, namespace)  # for the banner's word on the chapter's models
     declared = declared_parameters(notebook)
     unknown = sorted(set(injected_names(namespace)) - set(declared))
     if unknown:

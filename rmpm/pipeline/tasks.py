@@ -137,8 +137,10 @@ class _NoBar:
 
 
 def progress_bar(progress: bool, total: int, desc: str):
-    """A tqdm bar counting models (a silent stand-in when off or empty)."""
+    """A tqdm bar counting models (a silent stand-in when off or empty). Plain tqdm, a
+    line of text, also in a notebook's kernel: tqdm.auto warns there without ipywidgets,
+    which rmpm does not need, and JupyterLab shows the text bar updating in place."""
     if not (progress and total):
         return _NoBar()
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="model")

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from rmpm.book import chapter
+from rmpm._checks import check_names
 from rmpm.analysis import factor_analysis as A
 from rmpm.analysis import factors as F
 
@@ -70,9 +71,9 @@ def test_one_block_gives_none_and_bad_input_is_named():
     with pytest.raises(KeyError, match="no column.*rm_x"):
         F.block_matrix(t, "rm_x")
     with pytest.raises(ValueError, match="factors='nope' is not allowed"):
-        chapter.resolve_names("factors", "nope", FACTORS)
-    assert chapter.resolve_names("factors", None, FACTORS) == FACTORS
-    assert chapter.resolve_names("datasets", "mnist", ["mnist", "svhn"]) == ["mnist"]
+        check_names("factors", "nope", FACTORS)
+    assert check_names("factors", None, FACTORS) == FACTORS
+    assert check_names("datasets", "mnist", ["mnist", "svhn"]) == ["mnist"]
 
 
 def test_bootstrap_column_means_is_stratified_paired_and_seeded():

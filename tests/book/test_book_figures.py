@@ -10,6 +10,8 @@ from rmpm.book import notebooks as NB
 from rmpm.book.chapter import split_figure_outputs
 
 NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
+#: the chapters' form of a figure reference (rmpm.book.readable): [Fig. 12](#fig-x)
+FIGURE_LINK = re.compile(r"\]\(#(fig-[^)\s]+)\)")
 
 
 def _figures():
@@ -33,7 +35,9 @@ def test_figure_labels_are_unique_and_every_reference_resolves():
         nb = nbformat.read(path, as_version=4)
         text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
         mine = {n for n, (stem,) in figures.items() if stem == path.stem}
-        for ref in NUMREF.findall(text):
+        refs = NUMREF.findall(text) + FIGURE_LINK.findall(text)
+        assert refs or not mine, f"{path.stem} never refers to its figures"
+        for ref in refs:
             assert ref in mine, f"{path.stem} cites {ref}, which is not one of its figures"
 
 

@@ -1,4 +1,5 @@
-"""The bibliography: every key the book cites exists in book/references.bib, every
+"""The bibliography: every key the book cites (with a role, or in the chapters with a
+readable link, see rmpm.book.readable) exists in book/references.bib, every
 entry has an author, a title and a year and renders without raw TeX, and the book's
 configuration lists it and ends with the references page."""
 import json
@@ -15,7 +16,11 @@ CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]*)`")
 
 
 def cited_keys(text: str) -> set[str]:
-    return {k.strip() for group in CITE.findall(text) for k in group.split(",") if k.strip()}
+    """Keys cited with a role, and (the chapters' form, rmpm.book.readable) with a
+    readable link to the entry."""
+    from rmpm.book.readable import bibliography, cited_keys as linked
+    return ({k.strip() for group in CITE.findall(text) for k in group.split(",") if k.strip()}
+            | linked(text, bibliography(BIB)))
 
 
 def _sources() -> dict[str, str]:
@@ -147,18 +152,26 @@ def _markdown(path: Path) -> str:
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
 
 
-def test_every_chapter_cites_what_it_uses_with_roles():
+def test_every_chapter_cites_what_it_uses_with_citation_links():
+    from rmpm.book.readable import bibliography, without_citations
     chapters = {p.stem: _markdown(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
     assert set(chapters) == set(CHAPTER_CITES), "a chapter without its list of citations"
     missing = {name: sorted(CHAPTER_CITES[name] - cited_keys(text))
                for name, text in chapters.items() if CHAPTER_CITES[name] - cited_keys(text)}
     assert not missing, f"chapters that do not cite what they use: {missing}"
-    plain = {name: PLAIN_REFERENCE.findall(text) for name, text in chapters.items()
-             if PLAIN_REFERENCE.search(text)}
-    assert not plain, f"references typed as text, not cited with a role: {plain}"
+    # outside its citation links (whose label rmpm.book.readable checks), no author-year
+    bib = bibliography(BIB)
+    plain = {name: PLAIN_REFERENCE.findall(without_citations(text, bib))
+             for name, text in chapters.items()
+             if PLAIN_REFERENCE.search(without_citations(text, bib))}
+    assert not plain, f"references typed as text, not cited with a link or role: {plain}"
 
 
 def test_the_plain_reference_pattern_catches_typed_references():
     assert PLAIN_REFERENCE.search("SVCCA (Raghu et al. 2017): centre")
     assert PLAIN_REFERENCE.search("relative to a model (Marx, Calmon & Ustun 2020)")
     assert not PLAIN_REFERENCE.search("SVCCA {cite:p}`raghu2017svcca`: centre; 2017 models")
+    from rmpm.book.readable import bibliography, without_citations
+    linked = "SVCCA ([Raghu et al., 2017](references.md#raghu2017svcca)): centre"
+    assert PLAIN_REFERENCE.search(linked)
+    assert not PLAIN_REFERENCE.search(without_citations(linked, bibliography(BIB)))
