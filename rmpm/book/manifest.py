@@ -168,7 +168,8 @@ def shown_differently(diffs: list[tuple[str, Any, Any, float]],
 class Check:
     kind: str       # "model", "eval" or "result"
     key: str
-    status: str     # "identical", "differs", "missing" or "damaged"
+    status: str     # "identical", "differs", "missing", "damaged" or "new" (a result file
+                    # the manifest does not list)
     max_diff: float = 0.0  # largest difference of any number in metrics / values
     detail: str = ""       # what is wrong with a damaged entry
     #: (field path, published, here, difference) of every number that differs
@@ -200,7 +201,9 @@ class Report:
             lines.append(f"{kind + 's':8} {n:5d} checked: {self.count('identical', kind):5d} "
                          f"identical, {self.count('differs', kind):5d} differ, "
                          f"{self.count('missing', kind):5d} missing"
-                         + (f", {damaged:5d} damaged" if damaged else ""))
+                         + (f", {damaged:5d} damaged" if damaged else "")
+                         + (f", {self.count('new', kind):5d} not in the manifest"
+                            if self.count("new", kind) else ""))
         for c in self.checks:
             if c.status == "differs":
                 lines.append(f"  differs  {c.kind:6} {c.key[:40]:40} largest difference "
@@ -208,6 +211,9 @@ class Report:
                 lines += _field_lines(c)
             elif c.status == "missing":
                 lines.append(f"  missing  {c.kind:6} {c.key[:40]}")
+            elif c.status == "new":
+                lines.append(f"  new      {c.kind:6} {c.key[:40]:40} (a result the manifest does "
+                             "not list: a chapter added since it was written)")
             elif c.status == "damaged":
                 lines.append(f"  damaged  {c.kind:6} {c.key[:40]:40} {c.detail} (left in "
                              "place; `rmpm store verify --repair` moves it aside)")
@@ -226,14 +232,20 @@ def _field_lines(c: Check) -> list[str]:
     shows differently on a page."""
     if not c.fields:
         return ["           (its numbers are the same: only what they are digested with differs)"]
-    out = [f"           {path}: {x!r} -> {y!r} ({d:.3g})" for path, x, y, d in c.fields[:SHOWN_FIELDS]]
+    out = [f"           {path}: {_short(x)} -> {_short(y)} ({d:.3g})"
+           for path, x, y, d in c.fields[:SHOWN_FIELDS]]
     if len(c.fields) > SHOWN_FIELDS:
         out.append(f"           ... and {len(c.fields) - SHOWN_FIELDS} more field(s)")
     shown = shown_differently(list(c.fields))
     out.append(f"           rounded to the pages' {PAGE_DECIMALS} decimals: " + (
-        "no number changes" if not shown else f"{len(shown)} change ({', '.join(shown[:3])}"
+        "no number differs" if not shown else f"{len(shown)} field(s) differ ({', '.join(shown[:3])}"
         + (", ..." if len(shown) > 3 else "") + ")"))
     return out
+
+
+def _short(v: Any, width: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= width else text[:width - 4] + " ..."
 
 
 def _verdicts(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -327,6 +339,8 @@ def verify(published: dict[str, Any], store: Store | str | None = None,
                 diffs = differences(pub[num], mine[num])
                 checks.append(Check(kind, key, "differs", max((d for *_, d in diffs), default=0.0),
                                     fields=tuple(diffs)))
+    checks += [Check("result", key, "new", math.nan) for key in here["results"]
+               if key not in published["results"]]
     verdicts = []
     if published["results"]:
         was = dict(_verdicts(published["results"]))

@@ -134,7 +134,10 @@ def test_differences_name_the_fields_and_whether_a_page_shows_them():
     check = M.Check("result", "01_svcca_checked", "differs", diffs[0][3], fields=(diffs[0],))
     text = M.Report([check]).text()
     assert "invariances.noise[1].svcca: 0.993765750715438 -> 0.9937657507154384 (3.33e-16)" in text
-    assert "rounded to the pages' 4 decimals: no number changes" in text
+    assert "rounded to the pages' 4 decimals: no number differs" in text
+    new = M.Report([M.Check("result", "09_regimes", "new", np.nan)])
+    assert not new.identical and "1 not in the manifest" in new.text()
+    assert "new      result 09_regimes" in new.text()
 
 
 def test_max_difference():
