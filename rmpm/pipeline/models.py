@@ -135,10 +135,11 @@ class _ConvBNReLUPool(torch.autograd.Function):
     affine map and the ReLU to a quarter of the values. The backward pass is
     BatchNorm's, written out: its two per-channel sums are over the pooled winners
     (the only inputs with a gradient), and the gradient of the convolution's output
-    is ``pool_backward(g * scale) + a * c + b`` with per-channel ``a`` and ``b``.
-    Why: in the stock order a training step spends a third of its time in
-    BatchNorm, ReLU and pooling passes over the full-resolution map (the step's
-    profile is in benchmarks/bench_train_speed.py). Same mathematics, other rounding;
+    is ``a * c + b`` with per-channel ``a`` and ``b``, plus ``scale * g`` at each
+    window's winner (written by one scatter).
+    Why: in the stock order a default training step spends about 30% of its time in
+    BatchNorm, ReLU and pooling passes over the full-resolution map
+    (``benchmarks/bench_train_speed.py --profile``). Same mathematics, other rounding;
     a tie in a pooling window (an exact equality) goes to the first element of the
     window in both orders unless the affine map's rounding creates the tie.
     """
@@ -146,6 +147,7 @@ class _ConvBNReLUPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, gamma, beta, running_mean, running_var, momentum, eps, conv):
         c = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        c = c.contiguous(memory_format=torch.channels_last)  # a no-op for SmallCNN's layers
         # the batch's mean and biased variance; updates the running statistics like
         # nn.BatchNorm2d (unbiased variance, the same momentum)
         mean, var = torch.batch_norm_update_stats(c, running_mean, running_var, momentum)
@@ -174,9 +176,13 @@ class _ConvBNReLUPool(torch.autograd.Function):
         scale = gamma * invstd
         k = dot * invstd * invstd / n
         a, b = -scale * k, scale * (mean * k - sum_g / n)
-        dc = torch.ops.aten.max_pool2d_with_indices_backward(
-            g * _view(scale), c, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-        dc = torch.addcmul(dc, c, _view(a)).add_(_view(b))
+        # d loss / d c: a * c + b everywhere, plus scale * g at each window's winner
+        dc = torch.addcmul(_view(b), c, _view(a))
+        winners = torch.addcmul(torch.addcmul(_view(b), pooled, _view(a)), g, _view(scale))
+        batch, channels = c.shape[:2]
+        dc.permute(0, 2, 3, 1).view(batch, -1, channels).scatter_(   # (N, H*W, C) views
+            1, idx.permute(0, 2, 3, 1).reshape(batch, -1, channels),
+            winners.permute(0, 2, 3, 1).reshape(batch, -1, channels))
         dx, dw, _ = torch.ops.aten.convolution_backward(
             dc, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0],
             conv.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
