@@ -1,7 +1,7 @@
 """Model-epochs per core-second: the code before the fused SmallCNN path and now, in one run.
 
 Each measurement trains the default profile's Fashion-MNIST base recipe (SmallCNN
-width 16, 10,000 images, 3 epochs, batch 128) in a fresh process started with
+width 16, 10,000 images, 3 epochs, batch 128; ``--dataset`` for another) in a fresh process started with
 rmpm's deterministic worker environment (AVX2 pinned, one thread, rmpm's
 allocator settings), then evaluates it under the default evaluation spec; the
 ``old`` and ``new`` processes alternate, ``--repeats`` times each. "Old" is the
@@ -28,7 +28,7 @@ agree. A control in fast mode (workers inherit ``ATEN_CPU_CAPABILITY=default``)
 shows that the comparison does see a change of kernels.
 
     python benchmarks/bench_train_speed.py                 # timings + bits (about 6 min on 2 idle cores)
-    python benchmarks/bench_train_speed.py --repeats 1 --no-bits
+    python benchmarks/bench_train_speed.py --repeats 1 --no-bits --dataset digits
     python benchmarks/bench_train_speed.py --profile       # op-by-op profile of a step and an evaluation
 """
 from __future__ import annotations
@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default=BASELINE, help="commit of the old code")
     ap.add_argument("--repeats", type=int, default=3, help="processes per variant")
+    ap.add_argument("--dataset", default="fashion_mnist",
+                    help="whose default base recipe: fashion_mnist, mnist5k or digits")
     ap.add_argument("--epochs", type=int, default=None, help="default: the base recipe's")
     ap.add_argument("--bits", action=argparse.BooleanOptionalAction, default=True,
                     help="also check the bits across parent environments and worker counts")
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="only the op-by-op profile of one step and one evaluation batch")
     ap.add_argument("--rows", type=int, default=12, help="profile rows per table")
     args = ap.parse_args(argv)
-    base = get_profile("default").base["fashion_mnist"]
+    base = get_profile("default").base[args.dataset]
     if args.epochs:
         base = base.replace(epochs=args.epochs)
     with tempfile.TemporaryDirectory(prefix="rmpm-bench-") as tmp:
