@@ -6,8 +6,13 @@ its data set's shape (same architecture, width, batch size and number of
 training examples, so the same arithmetic) and times it; :func:`profile_seconds`
 adds up a profile's model-epochs at those costs and divides by the workers.
 Training cost does not depend on the pixel values, so random inputs time it
-faithfully; evaluation (a forward pass per shifted test set) is estimated from
-the same costs (:data:`EVAL_FRACTION`).
+faithfully; every forward pass in eval mode (``fit``'s own scoring of the learning
+curve, the training subset and the test split, then one pass per shifted test
+set) is estimated from the same costs (:data:`FORWARD_FRACTION`).
+benchmarks/bench_cost_growth.py measured the model: a SmallCNN's training time is
+linear in image-epochs (within 17% from 2,500 to 40,000 images and 1 to 4 epochs,
+on a shared machine; 0.13 to 0.17 ms per image-epoch)
+and its scoring linear in images scored.
 """
 from __future__ import annotations
 
@@ -26,8 +31,12 @@ SHAPES: dict[str, tuple[tuple[int, int, int], int, int, int]] = {
     "mnist5k": ((1, 28, 28), 10, 4000, 1000),
     "digits": ((1, 8, 8), 10, 1437, 360),
 }
-#: a forward pass costs about a third of a training step (forward + backward + update)
-FORWARD_FRACTION = 1 / 3
+#: an eval-mode forward pass of one image, in training image-epochs: measured 35 us
+#: against 150 us for the default SmallCNN (benchmarks/bench_cost_growth.py; eval
+#: mode folds BatchNorm into the convolutions)
+FORWARD_FRACTION = 0.23
+#: test images fit scores per epoch for the learning curve (train.CURVE_TEST_SIZE)
+CURVE_IMAGES = 1000
 
 
 def cost_key(recipe: Recipe) -> tuple:
@@ -66,8 +75,20 @@ def epoch_seconds(recipe: Recipe, sample: int = 2000) -> float:
     t0 = time.perf_counter()
     fit(r, "cpu", data=data)
     total = time.perf_counter() - t0
-    # fit also scores the whole training set once at the end: take that forward pass off
-    return total / (sample * (1 + FORWARD_FRACTION))
+    # fit also scores: the curve's and the whole test sample, and the training set
+    scored = min(CURVE_IMAGES, len(data.x_test)) + len(data.x_test) + sample
+    return total / (sample + FORWARD_FRACTION * scored)
+
+
+def fit_scored_images(recipe: Recipe) -> int:
+    """Images :func:`rmpm.pipeline.train.fit` scores in eval mode besides training:
+    the learning curve's test sample every epoch, then the training subset (a
+    bootstrap's distinct images, about 63%) and the whole test split."""
+    test = SHAPES[recipe.dataset][3]
+    train = examples(recipe)
+    if recipe.bootstrap:
+        train = round(train * (1 - (1 - 1 / train) ** train))
+    return recipe.epochs * min(CURVE_IMAGES, test) + train + test
 
 
 def forward_flops(recipe: Recipe) -> int:
@@ -100,9 +121,12 @@ def profile_seconds(recipes: list[Recipe], cost: Mapping[tuple, float], workers:
     """Estimated wall-clock seconds to train and evaluate ``recipes`` on ``workers``
     single-threaded workers, from ``cost``: :func:`cost_key` -> seconds per example-epoch.
 
-    Assumes the work divides evenly (many more recipes than workers)."""
+    Training includes ``fit``'s own scoring (:func:`fit_scored_images`); evaluation is
+    one forward pass per stored prediction. Assumes the work divides evenly (many
+    more recipes than workers)."""
     check_range("workers", workers, 1, integer=True)
-    train = sum(r.epochs * examples(r) * cost[cost_key(r)] for r in recipes)
+    train = sum((r.epochs * examples(r) + FORWARD_FRACTION * fit_scored_images(r))
+                * cost[cost_key(r)] for r in recipes)
     evals = sum((1 + n_shifts) * n_eval_inputs * FORWARD_FRACTION * cost[cost_key(r)]
                 for r in recipes)
     return {"train_core_s": train, "eval_core_s": evals,

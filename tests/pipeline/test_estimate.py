@@ -21,7 +21,12 @@ def test_profile_seconds_adds_model_epochs_at_their_cost():
     cost = {T.cost_key(a): 1e-3, T.cost_key(c): 1e-2}
     assert T.cost_key(a) == T.cost_key(b)
     est = T.profile_seconds([a, b, c], cost, workers=2, n_eval_inputs=100, n_shifts=2)
-    assert est["train_core_s"] == pytest.approx(5 * 1000 * 1e-3 + 73257 * 1e-2)
+    scored = T.FORWARD_FRACTION * (
+        1e-3 * ((3 + 2) * 1000 + 2 * (1000 + 10000)) + 1e-2 * (1000 + 73257 + 26032))
+    assert T.fit_scored_images(a) == 3 * 1000 + 1000 + 10000
+    from rmpm.pipeline.train import CURVE_TEST_SIZE
+    assert T.CURVE_IMAGES == CURVE_TEST_SIZE
+    assert est["train_core_s"] == pytest.approx(5 * 1000 * 1e-3 + 73257 * 1e-2 + scored)
     assert est["eval_core_s"] == pytest.approx(3 * 100 * T.FORWARD_FRACTION * (2e-3 + 1e-2))
     assert est["wall_s"] == pytest.approx((est["train_core_s"] + est["eval_core_s"]) / 2)
     with pytest.raises(ValueError, match="workers=0 must be >= 1"):

@@ -108,3 +108,75 @@ def test_a_narrow_resnet_trains_and_evaluates_without_corrupting_memory():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def _stock_features(m, x):
+    """SmallCNN's conv part computed module by module (the unfused order)."""
+    from rmpm.pipeline.models import _nhwc
+    return m.pool2(m.conv2(m.pool1(m.conv1(_nhwc(x)))))
+
+
+@pytest.mark.parametrize("shape,momentum", [((1, 28, 28), 0.1), ((1, 8, 8), 0.1),
+                                            ((3, 7, 9), 0.1),    # odd sizes: floor pooling
+                                            ((1, 8, 8), None)])  # cumulative running stats
+def test_fused_training_block_computes_the_modules_function(shape, momentum):
+    """Training pools before BatchNorm's affine map (conv_bn_relu_pool): the same
+    outputs, gradients and running statistics as conv -> BN -> ReLU -> pool, up to
+    rounding, including channels whose BN weight is negative (the map decreases
+    there, so the window's minimum wins) or zero."""
+    import copy
+    a = build_model("cnn", shape, 10, width=8, seed=0)
+    with torch.no_grad():
+        a.conv1[1].weight[::3] *= -1
+        a.conv2[1].weight[1] = 0
+    for bn in (a.conv1[1], a.conv2[1]):
+        bn.momentum = momentum
+    b = copy.deepcopy(a)
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(32) % 10
+    for step in range(2):
+        fa = a(x)
+        feats = _stock_features(b, x)
+        fb = b.logits(b.drop(b.fc(b.flatten(feats))))
+        for m, out in ((a, fa), (b, fb)):
+            m.zero_grad()
+            F.cross_entropy(out, y).backward()
+        torch.testing.assert_close(fa, fb, rtol=1e-5, atol=1e-5)
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+        for (name, u), v in zip(a.named_buffers(), b.buffers()):
+            if u.is_floating_point():
+                torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6, msg=name)
+            else:
+                assert torch.equal(u, v), name
+    # the fused node is what trains, and it keeps the channels-last layout
+    from rmpm.pipeline.models import conv_bn_relu_pool, _nhwc
+    h = conv_bn_relu_pool(a.conv1, _nhwc(x))
+    assert type(h.grad_fn).__name__ == "_ConvBNReLUPoolBackward"
+    assert h.is_contiguous(memory_format=CL)
+
+
+def test_eval_folds_batchnorm_and_probes_see_the_same_maps():
+    """Eval mode computes conv+BN as one convolution and pools by two maxima: the
+    probe layer still outputs the post-ReLU map, equal to the modules' up to rounding,
+    and the pooling is max_pool2d's bits (ties included)."""
+    from rmpm.measures.activations import capture
+    from rmpm.pipeline.models import MaxPool2x2
+    m = build_model("cnn", (1, 28, 28), 10, width=8, seed=0)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for _ in range(3):
+            m(x)  # non-trivial running statistics
+    m.eval()
+    with torch.no_grad():
+        c1 = m.conv1
+        ref = torch.relu(F.batch_norm(c1[0](x.contiguous(memory_format=CL)), c1[1].running_mean,
+                                      c1[1].running_var, c1[1].weight, c1[1].bias, False,
+                                      eps=c1[1].eps))
+    acts = capture(m, x, ["conv1"])
+    torch.testing.assert_close(acts["conv1"], ref, rtol=1e-5, atol=1e-5)
+    pool = MaxPool2x2()
+    for shape in ((16, 8, 28, 28), (5, 3, 7, 9)):
+        z = _inputs(shape, 0).contiguous(memory_format=CL)
+        with torch.no_grad():
+            assert torch.equal(pool(z), F.max_pool2d(z, 2))
