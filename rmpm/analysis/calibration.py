@@ -686,6 +686,17 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
     if progress:  # plain tqdm, imported only for the CLI: tqdm.auto warns in kernels
         from tqdm import tqdm
         bar = tqdm(total=len(chosen), desc="calibrating")
+    try:  # a stopped run closes its bar first, so the CLI's last line starts a line
+        rows = _rows(d, chosen, n_sim, seed, kw, cache, alpha, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return pd.DataFrame(rows)
+
+
+def _rows(d: Design, chosen: list, n_sim: int, seed: int, kw: dict, cache: bool,
+          alpha: float, bar) -> list[dict]:
+    """Every chosen scenario's rates at both levels, simulated or read from the cache."""
     here = ensure_simulated(d, chosen, n_sim, seed, kw, bar) if cache else set()
     rows = []
     for sc in chosen:
@@ -706,9 +717,7 @@ def calibrate(profile: str | Profile | Design, n_sim: int = 500, seed: int = 0,
                          "se": float(np.sqrt(max(rate * (1 - rate), 1e-12) / n_sim)),
                          "n_sim": n_sim, "required": sc.required and sc.hypothesis == "null",
                          "seconds": seconds, "cached": was_cached})
-    if bar is not None:
-        bar.close()
-    return pd.DataFrame(rows)
+    return rows
 
 
 def level_label(claim: str, level: str) -> str:
