@@ -4,7 +4,7 @@
 #   make test-fast                             the tests that need no trained model (~2 min)
 #   make lab                                   JupyterLab on notebooks/ (kernel "Python (rmpm)", MyST rendered)
 #   make check-browser                         the built book and JupyterLab, checked in chromium
-#   make manifest                              commit-ready manifests/default.json of the last default build
+#   make manifest [PROFILE=default|large]      commit-ready manifests/PROFILE.json of the last such build
 PROFILE ?= default
 PYTHON ?= python3
 VENV ?= .venv
@@ -72,14 +72,15 @@ check-browser: setup
 	RMPM_BOOK_REQUIRED=1 $(PY) -m pytest -v -p no:cacheprovider tests/book/test_book_provenance.py \
 	  -k test_the_built_book_carries_provenance_that_matches_its_manifest
 
-# The manifest CI verifies its rebuild of the default book against (.ci/run): after an
-# intended change of numbers, rebuild the default book and commit the new manifest in the
-# same commit as the change.
+# The manifest CI verifies its rebuild of the default book against (.ci/run), and the
+# weekly workflow its rebuild of large (make manifest PROFILE=large): after an intended
+# change of numbers, rebuild that book and commit the new manifest in the same commit as
+# the change.
 manifest:
-	@test -f book/_generated/manifest.json || { echo "no book built: make book PROFILE=default first"; exit 1; }
-	@$(PY) -c "import json,sys; m=json.load(open('book/_generated/manifest.json')); p=m['environment'].get('profile'); sys.exit(0 if p == 'default' else 'the last build is profile ' + repr(p) + ', not default: make book PROFILE=default first')"
-	mkdir -p manifests && cp book/_generated/manifest.json manifests/default.json
-	@echo "manifests/default.json updated: commit it with the change that moved the numbers"
+	@test -f book/_generated/manifest.json || { echo "no book built: make book PROFILE=$(PROFILE) first"; exit 1; }
+	@$(PY) -c "import json,sys; m=json.load(open('book/_generated/manifest.json')); p=m['environment'].get('profile'); sys.exit(0 if p == '$(PROFILE)' else 'the last build is profile ' + repr(p) + ', not $(PROFILE): make book PROFILE=$(PROFILE) first')"
+	mkdir -p manifests && cp book/_generated/manifest.json manifests/$(PROFILE).json
+	@echo "manifests/$(PROFILE).json updated: commit it with the change that moved the numbers"
 
 bench: setup
 	$(PY) benchmarks/bench_similarity.py

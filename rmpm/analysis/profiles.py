@@ -204,14 +204,17 @@ _register(Profile(
 # 60,000 training images; every base recipe trained long enough by a rule the profile
 # declares and chapter 2 checks on every model (``fit_rule``). Measured on the base
 # recipes (2026-12-03, one pinned thread): MNIST-5k reaches 0.998 training accuracy in
-# 10 epochs and 0.9998 in 15 (12 here), digits 0.999 in 40; on Fashion-MNIST the
-# network keeps lowering its training loss (by 9 % in the 6th and 6 % in the 8th epoch
-# of a cosine schedule) while its test accuracy is flat from the 6th (0.917 at 6, 0.918
-# at 8): it stops at 6, where test accuracy has converged; its rule is the loss plateau
-# of the schedule's last epoch, and the book says that it has not fitted its training
-# set as MNIST-5k and digits have. Chapter 9 compares it with default.
+# 10 epochs and 0.9998 in 15 (12 here), digits 0.999 in 40. On Fashion-MNIST the
+# network keeps lowering its training loss: the cosine schedule's last epoch lowers it
+# by 12.8 % at 4 epochs, 10.5 % at 5 and 9 % at 6, while test accuracy flattens (0.910,
+# 0.914, 0.915; 0.918 at 8). 6 epochs would make the build from an empty store (default
+# first) about 61 minutes on 2 cores, over the hour it must fit in; 5 make it about 55.
+# So Fashion-MNIST stops at 5, its rule is "the last epoch lowers the loss by at most
+# 12 %" (the base: 10.5 %), and the book says that it has not fitted its training set
+# (training accuracy 0.94) as MNIST-5k and digits have. Chapter 9 compares it with
+# default.
 _LARGE_BASE = {
-    "fashion_mnist": _DEFAULT_BASE["fashion_mnist"].replace(epochs=6, train_size=None),
+    "fashion_mnist": _DEFAULT_BASE["fashion_mnist"].replace(epochs=5, train_size=None),
     "mnist5k": _DEFAULT_BASE["mnist5k"].replace(epochs=12),
     "digits": _DEFAULT_BASE["digits"].replace(epochs=40),
 }
@@ -224,7 +227,7 @@ _register(PROFILES["default"].replace(
     base=_LARGE_BASE,
     reference=_LARGE_BASE,
     min_test_acc={"fashion_mnist": 0.90, "mnist5k": 0.955, "digits": 0.95},
-    fit_rule={"fashion_mnist": FitRule(max_loss_drop=0.10),
+    fit_rule={"fashion_mnist": FitRule(max_loss_drop=0.12),
               "mnist5k": FitRule(min_train_acc=0.99, max_loss_drop=0.05),
               "digits": FitRule(min_train_acc=0.99, max_loss_drop=0.05)},
     compare_with="default",
