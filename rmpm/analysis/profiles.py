@@ -207,14 +207,16 @@ _register(Profile(
 # 10 epochs and 0.9998 in 15 (12 here), digits 0.999 in 40. On Fashion-MNIST the
 # network keeps lowering its training loss: the cosine schedule's last epoch lowers it
 # by 12.8 % at 4 epochs, 10.5 % at 5 and 9 % at 6, while test accuracy flattens (0.910,
-# 0.914, 0.915; 0.918 at 8). 6 epochs would make the build from an empty store (default
-# first) about 61 minutes on 2 cores, over the hour it must fit in; 5 make it about 55.
-# So Fashion-MNIST stops at 5, its rule is "the last epoch lowers the loss by at most
-# 12 %" (the base: 10.5 %), and the book says that it has not fitted its training set
-# (training accuracy 0.94) as MNIST-5k and digits have. Chapter 9 compares it with
+# 0.914, 0.915; 0.918 at 8). Time decides: in a 2-worker build a 5-epoch model trains
+# in 52 s (two workers share the machine: 1.7e-4 s per image-epoch, not the 1.5e-4 of
+# one alone), which puts the build from an empty store (default first, 14 minutes) at
+# about 62 minutes on 2 cores, over the hour it must fit in; 4 epochs, about 55. So
+# Fashion-MNIST stops at 4, its rule is "the last epoch lowers the loss by at most
+# 15 %" (the base: 12.8 %), and the book says that it has not fitted its training set
+# (training accuracy 0.935) as MNIST-5k and digits have. Chapter 9 compares it with
 # default.
 _LARGE_BASE = {
-    "fashion_mnist": _DEFAULT_BASE["fashion_mnist"].replace(epochs=5, train_size=None),
+    "fashion_mnist": _DEFAULT_BASE["fashion_mnist"].replace(epochs=4, train_size=None),
     "mnist5k": _DEFAULT_BASE["mnist5k"].replace(epochs=12),
     "digits": _DEFAULT_BASE["digits"].replace(epochs=40),
 }
@@ -227,7 +229,7 @@ _register(PROFILES["default"].replace(
     base=_LARGE_BASE,
     reference=_LARGE_BASE,
     min_test_acc={"fashion_mnist": 0.90, "mnist5k": 0.955, "digits": 0.95},
-    fit_rule={"fashion_mnist": FitRule(max_loss_drop=0.12),
+    fit_rule={"fashion_mnist": FitRule(max_loss_drop=0.15),
               "mnist5k": FitRule(min_train_acc=0.99, max_loss_drop=0.05),
               "digits": FitRule(min_train_acc=0.99, max_loss_drop=0.05)},
     compare_with="default",
