@@ -104,9 +104,32 @@ def _power(rows: list[dict[str, Any]] | None, claim: str) -> float | None:
 def _tests(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
     keys = ["claim", "test"]
     cols = ["estimate", "low", "high", "p_value"]
-    parts = [tests_table(evidence_from_results(res)).set_index(keys)[cols]
-             .rename(columns={c: f"{c} ({n})" for c in cols}) for n, res in zip(names, (a, b))]
-    return parts[0].join(parts[1], how="outer").reset_index()
+    tables = [tests_table(evidence_from_results(res)).set_index(keys) for res in (a, b)]
+    parts = [t[cols].rename(columns={c: f"{c} ({n})" for c in cols})
+             for n, t in zip(names, tables)]
+    # the threshold depends only on the claim's number of tests: the same in both
+    below = tables[0][["partly_below"]].combine_first(tables[1][["partly_below"]])
+    return parts[0].join(parts[1], how="outer").join(below).reset_index()
+
+
+def tests_shown(c: Comparison) -> pd.DataFrame:
+    """The tests table as the page shows it: per regime one column "estimate [low,
+    high], p", and the p-value a test must beat for "partly"."""
+    def cell(row: pd.Series, n: str) -> str:
+        est, lo, hi, p = (row[f"{k} ({n})"] for k in ("estimate", "low", "high", "p_value"))
+        ci = "" if _missing(est) else (f"{est:.3f}" + ("" if _missing(lo) else
+                                                       f" [{lo:.3f}, {hi:.3f}]") + ", ")
+        return "not computed" if _missing(p) else f"{ci}p = {p:.4f}"
+    t = c.tests
+    out = pd.DataFrame({"claim": t["claim"], "test": t["test"]})
+    for n in c.names:
+        out[n] = [cell(row, n) for _, row in t.iterrows()]
+    out["partly needs p <"] = t["partly_below"].map(lambda v: f"{v:.4f}")
+    return out.set_index(["claim", "test"])
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not np.isfinite(v))
 
 
 def _contrasts(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
@@ -134,8 +157,11 @@ def rank_text(c: Comparison) -> str:
 
 
 def changed(c: Comparison) -> list[str]:
-    """One sentence per claim whose verdict moved: from what to what, and how its
-    observed effect and power moved with it (the likely reason, as far as numbers say)."""
+    """One sentence per claim whose verdict moved: from what to what, how its observed
+    effect and power moved with it, which tests crossed their threshold for "partly",
+    and the likely reason, as far as numbers say: at the power of "partly" in each
+    regime, how often two builds would disagree on it by chance alone,
+    ``pa (1 - pb) + pb (1 - pa)`` (independent builds of the same effects)."""
     a, b = c.names
     out = []
     for claim, row in c.verdicts.iterrows():
@@ -147,9 +173,39 @@ def changed(c: Comparison) -> list[str]:
                   else f"observed effect {_num(ea)} in {a}, {_num(eb)} in {b}")
         power = (f"; power at it {_num(pa, '.2f')} and {_num(pb, '.2f')}"
                  if pa is not None or pb is not None else "")
-        out.append(f"{claim}: {row[f'verdict ({a})']} in {a}, {row[f'verdict ({b})']} in {b} "
-                   f"({effect}{power}).")
+        line = (f"{claim}: {row[f'verdict ({a})']} in {a}, {row[f'verdict ({b})']} in {b} "
+                f"({effect}{power}).")
+        crossed = _crossed(c, claim)
+        if crossed:
+            line += " Crossed the threshold for \"partly\": " + "; ".join(crossed) + "."
+        line += _reason(pa, pb)
+        out.append(line)
     return out
+
+
+def _crossed(c: Comparison, claim: str) -> list[str]:
+    """The claim's tests that are below their "partly" threshold in one regime only."""
+    a, b = c.names
+    out = []
+    for _, t in c.tests[c.tests["claim"] == claim].iterrows():
+        pa, pb, thr = t[f"p_value ({a})"], t[f"p_value ({b})"], t["partly_below"]
+        if _missing(pa) or _missing(pb) or (pa < thr) == (pb < thr):
+            continue
+        out.append(f"{t['test']}, p = {pa:.4f} in {a} and {pb:.4f} in {b} (needs < {thr:.4f})")
+    return out
+
+
+def _reason(pa: float | None, pb: float | None) -> str:
+    if pa is None or pb is None:
+        return ""
+    chance = pa * (1 - pb) + pb * (1 - pa)
+    if max(pa, pb) < 0.8:
+        return (f" At this power two builds of the same effects disagree on \"partly\" with "
+                f"probability {chance:.2f}: the move is within the tests' noise, not evidence "
+                "that the regime matters.")
+    return (f" By chance alone two builds at this power would disagree on \"partly\" with "
+            f"probability {chance:.2f}: likely the regime matters (which part of it, the "
+            "comparison cannot say).")
 
 
 def _num(v: float | None, spec: str = ".3g") -> str:
