@@ -11,7 +11,8 @@
               images and every base recipe trained until it fits; compared with
               default chapter by chapter (chapter 9).
 - ``paper``   the four data sets at paper scale, meant for one GPU.
-- ``paper_cpu`` the four data sets on 10k subsets, for an 8-core CPU (about an hour).
+- ``paper_cpu`` the four data sets on 10k subsets, for an 8-core CPU (about 15 minutes
+              by the estimate; not yet built for real).
 
 Every notebook takes ``profile`` as a papermill parameter and reads its sizes
 from here; every other notebook parameter overrides one of them.
@@ -264,13 +265,14 @@ _register(Profile(
 ))
 
 # For readers with internet but no GPU: the paper's four data sets (so C3 is tested
-# across data sets), each on a 10k training subset, sized so that an 8-core CPU
-# trains and evaluates it in about an hour on the Dask engine (8 single-threaded
-# workers): about 57 min by benchmarks/estimate_profile.py, from per-example-epoch
-# costs measured on random tensors of each data set's shape (one thread, AVX2),
-# calibrated to an idle machine, other widths scaled by FLOPs. The ResNet data sets
-# take five sixths of it. Not yet built for real: the book's reproducibility page
-# records the time of a real build.
+# across data sets), each on a 10k training subset, for an 8-core CPU on the Dask
+# engine (8 single-threaded workers). Sized when the estimate said about an hour;
+# with the costs bench_cost_growth.py measured since (2026-12-03), estimate_profile.py
+# says 9 calibrated minutes of training and evaluation, about 15 with a real build's
+# sharing and fixed costs (from per-example-epoch costs measured on random tensors
+# of each data set's shape, one thread, AVX2, other widths scaled by FLOPs); the
+# ResNet data sets take five sixths of it. Not yet built for real: the book's
+# reproducibility page records the time of a real build.
 _CPU_SIZES = {  # what changes from the paper's recipes
     "mnist": dict(width=16, epochs=3, lr=2e-3),
     "fashion_mnist": dict(width=16, epochs=3, lr=2e-3),
@@ -282,7 +284,7 @@ _PAPER_CPU_BASE = {ds: r.replace(train_size=10000, **_CPU_SIZES[ds]) for ds, r i
 _register(PROFILES["paper"].replace(
     name="paper_cpu",
     description="the paper's four data sets on 10k-image subsets, for an 8-core CPU "
-                "without a GPU (about an hour)",
+                "without a GPU",
     base=_PAPER_CPU_BASE,
     reference=_PAPER_CPU_BASE,
     # widths up to the base widths (16 for the CNNs, 8 for the ResNets) and one
