@@ -209,10 +209,13 @@ def test_shards_partition_the_deduplicated_recipes():
 
 @pytest.mark.parametrize("arch,shape", [("cnn", (1, 28, 28)), ("mlp", (1, 8, 8)),
                                         ("resnet", (3, 16, 16))])
-def test_evaluation_batch_size_changes_no_output_bit(arch, shape):
+def test_evaluation_at_its_batch_size_repeats_its_bits(arch, shape):
     """Evaluation runs in batches of EVAL_BATCH for speed (activations that stay in
-    the caches); every input is computed on its own, so the outputs are the bits
-    that batches of 1,000 (the size used before) give."""
+    the caches). At that batch size the outputs repeat bit for bit; against batches of
+    1,000 (the size used before) they agree to float32 rounding only. The bits of
+    another batch size are the same on an AMD EPYC (measured when the size changed)
+    but not on an Intel Xeon with AVX-512/AMX (1.2e-7 apart, 2026-12-03, pinned and
+    not): EVAL_BATCH is part of the numbers, like the kernels."""
     import torch
     from rmpm.pipeline.models import build_model
     from rmpm.pipeline.train import EVAL_BATCH
@@ -221,4 +224,6 @@ def test_evaluation_batch_size_changes_no_output_bit(arch, shape):
     with torch.no_grad():
         big = torch.cat([m(x[i:i + 1000]) for i in range(0, len(x), 1000)])
         small = torch.cat([m(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-    assert EVAL_BATCH < 1000 and torch.equal(big, small)
+        again = torch.cat([m(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    assert EVAL_BATCH < 1000 and torch.equal(small, again)
+    assert torch.allclose(big, small, rtol=1e-5, atol=1e-6)
