@@ -41,7 +41,7 @@ from rmpm.pipeline import determinism
 import rmpm.pipeline.train as T
 from rmpm.pipeline.evaluate import evaluate
 from rmpm.pipeline.recipe import Recipe
-from rmpm.book.populations import eval_spec
+from rmpm.analysis.populations import eval_spec
 args = json.loads(sys.argv[1])
 determinism.enter(True)
 base = Recipe.from_dict(args["recipe"])
@@ -88,7 +88,7 @@ def lstsq(rows: list[list[float]], y: list[float]) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rmpm.book.profiles import get_profile
+    from rmpm.analysis.profiles import get_profile
     from rmpm.paths import data_root
     from rmpm.pipeline.determinism import worker_env
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -55,7 +55,7 @@ from rmpm.pipeline import determinism
 from rmpm.pipeline.evaluate import evaluate
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.train import fit, prepare
-from rmpm.book.populations import eval_spec
+from rmpm.analysis.populations import eval_spec
 args = json.loads(sys.argv[1])
 determinism.enter(True)
 recipe = Recipe.from_dict(args["recipe"])
@@ -186,7 +186,7 @@ def _child(code: str, tree: Path, args: dict, env_extra: dict[str, str] | None =
 _BITS = r"""
 import json, sys
 from rmpm.book import manifest as M
-from rmpm.book.populations import eval_spec
+from rmpm.analysis.populations import eval_spec
 from rmpm.pipeline.recipe import Recipe
 from rmpm.pipeline.runs import run_recipes
 from rmpm.pipeline.store import Store
@@ -196,7 +196,7 @@ if __name__ == "__main__":
     spec = eval_spec("default")
     run_recipes(recipes, spec, args["store"], "cpu", progress=False, workers=args["workers"],
                 deterministic=args["deterministic"])
-    m = M.build(recipes, spec.key(), Store(args["store"]))
+    m = M.compute(recipes, spec.key(), Store(args["store"]))
     print("RESULT", json.dumps({"models": {k: v["digest"] for k, v in m["models"].items()},
                                "evals": {k: v["digest"] for k, v in m["evals"].items()}}))
 """
@@ -218,20 +218,25 @@ def bits(recipes, tmp: Path) -> list[tuple[str, dict]]:
     """Train and evaluate ``recipes`` through run_recipes once per entry of _BIT_RUNS,
     each in a fresh parent process with its own store."""
     out = []
+    # a folder of its own: the script's folder comes first on its path, and ``tmp``
+    # holds the baseline's rmpm/ (the bits are the new code's)
+    here = tmp / "bits"
+    here.mkdir(exist_ok=True)
     for i, (name, workers, env, det) in enumerate(_BIT_RUNS):
-        script = tmp / "bits.py"
+        script = here / "bits.py"
         script.write_text(_BITS)
         args = {"recipes": [r.to_dict() for r in recipes], "store": str(tmp / f"store{i}"),
                 "workers": workers, "deterministic": det}
         full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         full.pop("RMPM_SCHEDULER", None)
-        p = subprocess.run([sys.executable, str(script), json.dumps(args)], env=full, cwd=tmp,
+        p = subprocess.run([sys.executable, str(script), json.dumps(args)], env=full, cwd=here,
                            capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
             raise RuntimeError(f"bits run {name!r} failed:\n{p.stderr[-3000:]}")
         out.append((name, json.loads(line[-1][len("RESULT "):])))
         print(f"  trained: {name}", flush=True)
+    import rmpm  # noqa: F401  (the tree the runs imported is this checkout's)
     return out
 
 
@@ -240,7 +245,7 @@ def _stats(v: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rmpm.book.profiles import get_profile
+    from rmpm.analysis.profiles import get_profile
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default=BASELINE, help="commit of the old code")
     ap.add_argument("--repeats", type=int, default=3, help="processes per variant")
