@@ -236,7 +236,6 @@ def bits(recipes, tmp: Path) -> list[tuple[str, dict]]:
             raise RuntimeError(f"bits run {name!r} failed:\n{p.stderr[-3000:]}")
         out.append((name, json.loads(line[-1][len("RESULT "):])))
         print(f"  trained: {name}", flush=True)
-    import rmpm  # noqa: F401  (the tree the runs imported is this checkout's)
     return out
 
 

@@ -3,7 +3,8 @@ deterministic worker environment, to compare between machines.
 
 Deterministic mode repeats its bits on one kind of CPU but not across CPU makers
 (README, "Same numbers on every machine"). Each op here runs on fixed seeded inputs
-in a fresh interpreter started with ``rmpm.pipeline.determinism.worker_env()``;
+in a fresh interpreter started with ``rmpm.pipeline.determinism.kernel_env()`` (the
+worker's pins and the notebook kernels' numpy/OpenBLAS ones);
 run it on two machines and compare the two JSON files op by op:
 
     python benchmarks/kernel_digests.py --out here.json
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(_ops()))
         return {}
     sys.path.insert(0, str(REPO))
-    from rmpm.pipeline.determinism import cpu_model, library_versions, worker_env
-    from rmpm.pipeline.determinism import kernel_env
-    env = {**os.environ, **worker_env(True), **kernel_env(True), "PYTHONPATH": str(REPO)}
+    from rmpm.pipeline.determinism import cpu_model, kernel_env, library_versions
+    # a notebook kernel's environment: the worker's pins and the numpy/OpenBLAS ones
+    env = {**os.environ, **kernel_env(True), "PYTHONPATH": str(REPO)}
     got = json.loads(subprocess.run([sys.executable, __file__, "--worker"], env=env, check=True,
                                     capture_output=True, text=True).stdout)
     res = {"cpu": cpu_model(), "libraries": library_versions(), "digests": got}

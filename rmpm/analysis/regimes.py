@@ -13,6 +13,7 @@ What a comparison cannot tell apart: the regimes differ in more than one thing
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,8 @@ def tests_shown(c: Comparison) -> pd.DataFrame:
 
 
 def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and not np.isfinite(v))
+    """None, NaN or infinite (a test not computed in a regime)."""
+    return v is None or (isinstance(v, numbers.Real) and not np.isfinite(v))
 
 
 def _contrasts(a: Results, b: Results, names: tuple[str, str]) -> pd.DataFrame:
@@ -209,4 +211,4 @@ def _reason(pa: float | None, pb: float | None) -> str:
 
 
 def _num(v: float | None, spec: str = ".3g") -> str:
-    return "none" if v is None or not np.isfinite(v) else format(v, spec)
+    return "none" if _missing(v) else format(v, spec)
