@@ -82,6 +82,7 @@ def test_an_empty_store_says_how_many_how_long_and_make_book(tmp_path, monkeypat
     assert text.endswith("A progress bar follows.")
 
 
+@pytest.mark.trains  # it times a real training step
 def test_the_estimate_times_this_machine():
     recipes = N.chapter_recipes("07_exposing_multiplicity", "smoke")
     est = N.estimate_seconds(recipes, "smoke", workers=2)
